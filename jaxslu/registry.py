@@ -1,0 +1,75 @@
+"""Name -> factory registries: how models, loss terms and data sources meet a config.
+
+A new model, loss term or data source plugs in by registering itself under a name; configs refer
+to it by that name, and no training code changes:
+
+    @MODELS.register("transducer", config=TransducerConfig)
+    class Transducer(nnx.Module): ...
+
+    @LOSSES.register("intent_ce")
+    def intent_ce(*, label_smoothing: float = 0.0) -> LossTerm: ...
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, Generic, TypeVar
+
+T = TypeVar("T")
+
+
+@dataclasses.dataclass
+class Entry(Generic[T]):
+    name: str
+    factory: T
+    config: type | None  # the typed config dataclass the factory takes, if any
+    module: str
+
+
+class Registry(Generic[T]):
+    """A named collection of factories, filled by decorators at import time."""
+
+    def __init__(self, kind: str, providers: tuple[str, ...] = ()):
+        self.kind = kind
+        self._entries: dict[str, Entry[T]] = {}
+        # Modules imported lazily the first time a name is looked up, so that registering code
+        # never has to be imported by hand before a config names it.
+        self._providers = providers
+        self._loaded = False
+
+    def register(self, name: str, *, config: type | None = None) -> Callable[[T], T]:
+        def deco(factory: T) -> T:
+            if name in self._entries and self._entries[name].factory is not factory:
+                prev = self._entries[name].module
+                raise ValueError(f"{self.kind} {name!r} is already registered (by {prev}); "
+                                 "pick another name")
+            self._entries[name] = Entry(name, factory, config, getattr(factory, "__module__", "?"))
+            return factory
+        return deco
+
+    def _load(self) -> None:
+        if not self._loaded:
+            self._loaded = True
+            import importlib
+            for mod in self._providers:
+                importlib.import_module(mod)
+
+    def get(self, name: str) -> Entry[T]:
+        self._load()
+        if name not in self._entries:
+            raise KeyError(f"unknown {self.kind} {name!r}; registered: {sorted(self._entries)}. "
+                           f"Register it with @{self.kind.upper()}S.register({name!r}) or fix the "
+                           "name in the config.")
+        return self._entries[name]
+
+    def names(self) -> list[str]:
+        self._load()
+        return sorted(self._entries)
+
+    def __contains__(self, name: str) -> bool:
+        self._load()
+        return name in self._entries
+
+
+MODELS: Registry[Any] = Registry("model", providers=("jaxslu.models",))
+LOSSES: Registry[Any] = Registry("loss", providers=("jaxslu.losses",))
+DATASETS: Registry[Any] = Registry("dataset", providers=("jaxslu.data",))
