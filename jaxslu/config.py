@@ -181,31 +181,32 @@ def apply_overrides(cfg: Any, overrides: typing.Iterable[str]) -> Any:
     return cfg
 
 
-def override(cfg: Any, dotted: str, raw: str | Any) -> Any:
+def override(cfg: Any, dotted: str, raw: str | Any, _full: str | None = None) -> Any:
     """Return a copy of `cfg` with the field at `dotted` set to `raw` (parsed to the field's type)."""
+    full = _full or dotted
     head, _, rest = dotted.partition(".")
     if dataclasses.is_dataclass(cfg):
         names = [f.name for f in dataclasses.fields(cfg)]
         if head not in names:
-            raise ConfigError(f"unknown config key {dotted!r} in {type(cfg).__name__}; valid keys "
-                              f"here: {names}")
+            raise ConfigError(f"unknown config key {head!r} in {full!r} ({type(cfg).__name__}); "
+                              f"valid keys here: {names}")
         current = getattr(cfg, head)
         if rest:
-            new = override(current, rest, raw)
+            new = override(current, rest, raw, full)
         else:
             hint = typing.get_type_hints(type(cfg)).get(head)
-            new = _parse_value(raw, current, hint, dotted)
+            new = _parse_value(raw, current, hint, full)
         return dataclasses.replace(cfg, **{head: new})
     if isinstance(cfg, Mapping):
         current = cfg.get(head)
         if rest:
-            new = override(current if current is not None else {}, rest, raw)
+            new = override(current if current is not None else {}, rest, raw, full)
         else:
-            new = _parse_value(raw, current, None, dotted)
+            new = _parse_value(raw, current, None, full)
         out = dict(cfg)
         out[head] = new
         return out
-    raise ConfigError(f"cannot set {dotted!r}: the value there is a {type(cfg).__name__}, "
+    raise ConfigError(f"cannot set {full!r}: the value there is a {type(cfg).__name__}, "
                       "not a config section")
 
 
@@ -213,6 +214,8 @@ def _parse_value(raw: Any, current: Any, hint: Any, key: str) -> Any:
     if not isinstance(raw, str):
         return raw
     target = type(current) if current is not None else _type_from_hint(hint)
+    if dataclasses.is_dataclass(target):
+        raise ConfigError(f"{key!r} is a config section; set its fields, e.g. {key}.<field>=...")
     try:
         if target is bool:
             low = raw.lower()
@@ -234,8 +237,6 @@ def _parse_value(raw: Any, current: Any, hint: Any, key: str) -> Any:
             if not isinstance(value, target):
                 raise ValueError(raw)
             return value
-        if dataclasses.is_dataclass(target):
-            raise ConfigError(f"{key!r} is a config section; set its fields, e.g. {key}.<field>=...")
         # Unknown or None-typed: a Python literal if it parses, else the string itself.
         try:
             return ast.literal_eval(raw)

@@ -1,0 +1,137 @@
+"""Built-in loss terms: transducer (RNN-T, plain or fused with the joint), CTC, intent and slot
+cross-entropy. Each factory takes the term's options from `loss_options[<name>]` in the config
+and returns `term(batch, outputs, params) -> (scalar, metrics)`.
+
+Normalization: every term averages over the real examples of the batch (`batch["weight"]`), so
+padding rows contribute nothing and the value does not depend on how a batch was padded.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from jaxslu.registry import LOSSES
+
+_ACTIVATIONS = {"tanh": jnp.tanh, "relu": jax.nn.relu, "gelu": jax.nn.gelu, "swish": jax.nn.swish}
+
+
+def _weighted_mean(values, weight):
+    weight = weight.astype(jnp.float32)
+    return jnp.sum(values * weight) / jnp.maximum(jnp.sum(weight), 1.0)
+
+
+def joint_logits(outputs: dict[str, Any], activation: str = "tanh") -> jax.Array:
+    """Materialize the joint's logits [B, T, U+1, V] from the transducer's outputs."""
+    act = _ACTIVATIONS[activation]
+    hidden = act(outputs["encoder"][:, :, None, :] + outputs["predictor"][:, None, :, :])
+    return (hidden @ outputs["joint_weight"].astype(hidden.dtype)
+            + outputs["joint_bias"].astype(hidden.dtype)).astype(jnp.float32)
+
+
+@LOSSES.register("rnnt")
+def rnnt(*, implementation: str | None = None, fused: bool = False, fastemit_lambda: float = 0.0,
+         clamp: float | None = None, normalize: str = "sequence", activation: str = "tanh",
+         blank: int = 0):
+    """RNN-T negative log-likelihood.
+
+    implementation: None (best for the backend), "xla", "pallas", or "reference" (the pure-JAX
+      autodiff definition in jaxslu.kernels.rnnt.reference; slow, for checking).
+    fused: compute the joint's output layer inside the loss (never materializes [B,T,U+1,V]).
+    normalize: "sequence" (mean over utterances) or "token" (sum over utterances divided by the
+      number of target tokens plus one per utterance).
+    """
+    if normalize not in ("sequence", "token"):
+        raise ValueError(f"rnnt option normalize={normalize!r}: use 'sequence' or 'token'")
+    if activation not in _ACTIVATIONS:
+        raise ValueError(f"rnnt option activation={activation!r}: use one of {sorted(_ACTIVATIONS)}")
+    if fused and implementation == "reference":
+        raise ValueError("rnnt: fused=True has no 'reference' implementation; use 'xla'")
+
+    def term(batch, outputs, params):
+        labels = batch["tokens"]
+        label_lengths = batch["token_lengths"]
+        logit_lengths = outputs["encoder_lengths"]
+        if fused:
+            from jaxslu.losses.rnnt import fused_rnnt_loss
+            per_seq = fused_rnnt_loss(
+                outputs["encoder"], outputs["predictor"], outputs["joint_weight"],
+                outputs["joint_bias"], labels, logit_lengths, label_lengths, blank=blank,
+                reduction="none", fastemit_lambda=fastemit_lambda, activation=activation,
+                implementation=implementation)
+        else:
+            logits = joint_logits(outputs, activation)
+            if implementation == "reference":
+                from jaxslu.kernels.rnnt.reference import rnnt_loss_reference
+                per_seq = rnnt_loss_reference(logits, labels, logit_lengths, label_lengths,
+                                              blank=blank)
+            else:
+                from jaxslu.losses.rnnt import rnnt_loss
+                per_seq = rnnt_loss(logits, labels, logit_lengths, label_lengths, blank=blank,
+                                    reduction="none", fastemit_lambda=fastemit_lambda, clamp=clamp,
+                                    implementation=implementation)
+        w = batch["weight"].astype(jnp.float32)
+        if normalize == "sequence":
+            value = _weighted_mean(per_seq, w)
+        else:
+            value = jnp.sum(per_seq * w) / jnp.maximum(
+                jnp.sum((label_lengths + 1) * w), 1.0)
+        per_token = jnp.sum(per_seq * w) / jnp.maximum(jnp.sum((label_lengths + 1) * w), 1.0)
+        return value, {"nll_per_token": per_token}
+
+    return term
+
+
+@LOSSES.register("ctc")
+def ctc(*, blank: int = 0):
+    """CTC on the encoder's CTC head (optax.ctc_loss), mean over utterances."""
+
+    def term(batch, outputs, params):
+        logits = outputs["ctc_logits"].astype(jnp.float32)
+        T = logits.shape[1]
+        U = batch["tokens"].shape[1]
+        logit_pad = (jnp.arange(T)[None] >= outputs["encoder_lengths"][:, None]).astype(jnp.float32)
+        label_pad = (jnp.arange(U)[None] >= batch["token_lengths"][:, None]).astype(jnp.float32)
+        per_seq = optax.ctc_loss(logits, logit_pad, batch["tokens"], label_pad, blank_id=blank)
+        return _weighted_mean(per_seq, batch["weight"]), {}
+
+    return term
+
+
+@LOSSES.register("intent_ce")
+def intent_ce(*, label_smoothing: float = 0.0):
+    """Intent cross-entropy over examples that have an intent (intent >= 0)."""
+
+    def term(batch, outputs, params):
+        logits = outputs["intent_logits"].astype(jnp.float32)
+        target = batch["intent"]
+        valid = (target >= 0).astype(jnp.float32) * batch["weight"].astype(jnp.float32)
+        onehot = jax.nn.one_hot(jnp.maximum(target, 0), logits.shape[-1])
+        if label_smoothing:
+            onehot = optax.smooth_labels(onehot, label_smoothing)
+        ce = optax.softmax_cross_entropy(logits, onehot)
+        acc = (jnp.argmax(logits, -1) == target).astype(jnp.float32)
+        return _weighted_mean(ce, valid), {"accuracy": _weighted_mean(acc, valid)}
+
+    return term
+
+
+@LOSSES.register("slot_ce")
+def slot_ce(*, label_smoothing: float = 0.0):
+    """Slot-tag (BIO over output tokens) cross-entropy, mean over real tokens."""
+
+    def term(batch, outputs, params):
+        logits = outputs["slot_logits"].astype(jnp.float32)
+        tags = batch["slot_tags"]
+        valid = (tags >= 0).astype(jnp.float32) * batch["weight"].astype(jnp.float32)[:, None]
+        onehot = jax.nn.one_hot(jnp.maximum(tags, 0), logits.shape[-1])
+        if label_smoothing:
+            onehot = optax.smooth_labels(onehot, label_smoothing)
+        ce = optax.softmax_cross_entropy(logits, onehot)
+        acc = (jnp.argmax(logits, -1) == tags).astype(jnp.float32)
+        denom = jnp.maximum(jnp.sum(valid), 1.0)
+        return jnp.sum(ce * valid) / denom, {"tag_accuracy": jnp.sum(acc * valid) / denom}
+
+    return term
