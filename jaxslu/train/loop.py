@@ -123,7 +123,7 @@ def train(cfg: ExperimentConfig, workdir: str | Path, *, progress: bool = True,
     batches = make_batches(source, tokenizer=assets.tokenizer, vocab=assets.vocab,
                            data_cfg=cfg.data, sample_rate=cfg.frontend.sample_rate, train=True,
                            seed=cfg.seed, process_index=jax.process_index(),
-                           process_count=jax.process_count())
+                           process_count=jax.process_count(), frames_fn=trainer.frames_fn)
     iterator = iter(batches)
     if ckpt.latest_step() is not None:
         state, data_state, meta = ckpt.restore(trainer.abstract_sharded_state())
@@ -184,10 +184,8 @@ def train(cfg: ExperimentConfig, workdir: str | Path, *, progress: bool = True,
                     bar.refresh()
                 if at_ckpt:
                     ckpt.save(step, state, iterator.get_state(), {"step": step})
-        if run_here and (stop_after is None or step >= total):
-            ckpt.save(step, state, iterator.get_state(), {"step": step, "final": True})
-        elif run_here:
-            ckpt.save(step, state, iterator.get_state(), {"step": step})
+        if run_here and ckpt.latest_step() != step:
+            ckpt.save(step, state, iterator.get_state(), {"step": step, "final": step >= total})
         ckpt.wait()
     finally:
         if bar is not None:

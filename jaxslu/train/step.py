@@ -34,16 +34,28 @@ def forward(graphdef, params, rest, batch, *, train: bool, key=None):
     return outputs
 
 
-def make_train_step(graphdef, rest, objective: Objective,
-                    optimizer: optax.GradientTransformation) -> Callable:
-    def train_step(state: TrainState, batch: dict[str, jax.Array]):
+def make_loss_and_grads(graphdef, rest, objective: Objective) -> Callable:
+    """(state, batch) -> ((loss, metrics), grads): the objective and its gradient at state.params,
+    with the step's dropout/augmentation key derived from (state.rng, state.step)."""
+
+    def loss_and_grads(state: TrainState, batch: dict[str, jax.Array]):
         key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
 
         def loss_fn(params):
             outputs = forward(graphdef, params, rest, batch, train=True, key=key)
             return objective(batch, outputs, params)
 
-        (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+        return jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+
+    return loss_and_grads
+
+
+def make_train_step(graphdef, rest, objective: Objective,
+                    optimizer: optax.GradientTransformation) -> Callable:
+    loss_and_grads = make_loss_and_grads(graphdef, rest, objective)
+
+    def train_step(state: TrainState, batch: dict[str, jax.Array]):
+        (loss, metrics), grads = loss_and_grads(state, batch)
         grad_norm = optax.global_norm(grads)
         finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
         updates, new_opt_state = optimizer.update(grads, state.opt_state, state.params)
@@ -75,8 +87,10 @@ class Trainer:
     state_shardings: Any
     batch_sharding: NamedSharding
     train_step: Callable  # jitted, donates the state
+    loss_and_grads: Callable  # jitted (state, batch) -> ((loss, metrics), grads); no update
     abstract_state: Any
     schedule: Callable[[int], Any]  # learning rate at a step
+    frames_fn: Callable[[int], int] | None  # audio samples -> encoder frames (data length checks)
 
     @classmethod
     def create(cls, cfg: ExperimentConfig, sizes: ModelSizes, mesh: Mesh,
@@ -108,10 +122,15 @@ class Trainer:
         step_fn = make_train_step(graphdef, rest, objective, optimizer)
         train_step = jax.jit(step_fn, in_shardings=(state_shardings, batch_sharding),
                              out_shardings=(state_shardings, replicated), donate_argnums=(0,))
+        grads_fn = jax.jit(make_loss_and_grads(graphdef, rest, objective),
+                           in_shardings=(state_shardings, batch_sharding),
+                           out_shardings=((replicated, replicated), param_shardings))
         trainer = cls(cfg=cfg, sizes=sizes, mesh=mesh, graphdef=graphdef, rest=rest,
                       objective=objective, optimizer=optimizer, state_shardings=state_shardings,
                       batch_sharding=batch_sharding, train_step=train_step,
-                      abstract_state=abstract_state, schedule=schedule)
+                      loss_and_grads=grads_fn,
+                      abstract_state=abstract_state, schedule=schedule,
+                      frames_fn=getattr(abstract_model, "output_frames", None))
         trainer._init = jax.jit(init, out_shardings=state_shardings)
         return trainer
 
