@@ -142,9 +142,23 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _enable_compilation_cache() -> None:
+    """Reuse compiled XLA programs across runs (train, eval, transcribe compile the same ones);
+    set JAXSLU_COMPILATION_CACHE=0 to disable, or to a folder to choose where."""
+    where = os.environ.get("JAXSLU_COMPILATION_CACHE", "")
+    if where == "0":
+        return
+    import jax
+
+    from jaxslu.paths import cache_dir
+    jax.config.update("jax_compilation_cache_dir", where or str(cache_dir() / "xla"))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
+
+
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    _enable_compilation_cache()
     _setup_logging(args.verbose or args.command in ("train", "demo"))
     from jaxslu.config import ConfigError
     try:

@@ -6,6 +6,12 @@ import jax  # noqa: E402
 
 jax.config.update("jax_num_cpu_devices", 8)
 jax.config.update("jax_threefry_partitionable", True)
+# Trainers built by different tests compile identical programs: a per-session persistent
+# compilation cache lets the second one load instead of recompiling.
+import tempfile  # noqa: E402
+
+jax.config.update("jax_compilation_cache_dir", tempfile.mkdtemp(prefix="jaxslu-xla-cache-"))
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402

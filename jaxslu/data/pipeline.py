@@ -33,6 +33,10 @@ from jaxslu.data.sources import ExampleReadError
 log = logging.getLogger(__name__)
 
 
+# Below this rate an example's declared sample rate is taken to be wrong rather than resampled.
+MIN_SAMPLE_RATE = 4000
+
+
 class DataError(ValueError):
     """An example does not fit the pipeline (too long, no audio, ...); names the example."""
 
@@ -82,8 +86,19 @@ class _Preparer:
         from jaxslu.audio.io import resample
 
         audio = np.asarray(ex["audio"], np.float32)
-        if int(ex["sample_rate"]) != self.sample_rate:
-            audio = resample(audio, int(ex["sample_rate"]), self.sample_rate)
+        sr = int(ex["sample_rate"])
+        if sr < MIN_SAMPLE_RATE:
+            return self._bad(
+                f"example {eid!r} says its audio is sampled at {sr} Hz, below {MIN_SAMPLE_RATE} Hz "
+                "where speech is unintelligible: the source's sample rate is probably wrong (check "
+                "the manifest's/TFDS record's sample_rate field), or set "
+                "data.skip_bad_examples=True to skip it")
+        if not np.isfinite(audio).all():
+            return self._bad(
+                f"example {eid!r} has NaN or infinite audio samples; fix or drop the recording, or "
+                "set data.skip_bad_examples=True to skip it")
+        if sr != self.sample_rate:
+            audio = resample(audio, sr, self.sample_rate)
         n = len(audio)
         if n > self.max_samples:
             return self._bad(

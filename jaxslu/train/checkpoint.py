@@ -29,8 +29,7 @@ class Checkpointer:
     def save(self, step: int, state: Any, data_state: dict | None, meta: dict | None = None) -> None:
         args = {"state": ocp.args.StandardSave(state),
                 "meta": ocp.args.JsonSave(dict(meta or {}))}
-        if data_state is not None:
-            args["data"] = ocp.args.JsonSave(data_state)
+        args["data"] = ocp.args.JsonSave(data_state or {})
         self.manager.save(step, args=ocp.args.Composite(**args), force=True)
 
     def restore(self, abstract_state: Any, step: int | None = None
@@ -39,13 +38,11 @@ class Checkpointer:
         if step is None:
             raise FileNotFoundError(f"no checkpoint in {self.directory}; train first "
                                     "(jaxslu train --config ... --workdir ...)")
-        items = set(self.manager.item_metadata(step).keys()) if hasattr(
-            self.manager, "item_metadata") else {"state", "meta", "data"}
-        args = {"state": ocp.args.StandardRestore(abstract_state), "meta": ocp.args.JsonRestore()}
-        if "data" in items:
-            args["data"] = ocp.args.JsonRestore()
+        # The loop always saves all three items; `data` is the data iterator's position.
+        args = {"state": ocp.args.StandardRestore(abstract_state), "meta": ocp.args.JsonRestore(),
+                "data": ocp.args.JsonRestore()}
         restored = self.manager.restore(step, args=ocp.args.Composite(**args))
-        return restored["state"], restored.get("data") if "data" in items else None, restored["meta"]
+        return restored["state"], restored.get("data") or None, restored["meta"]
 
     def wait(self) -> None:
         self.manager.wait_until_finished()

@@ -81,6 +81,22 @@ def make_trainer(cfg: ExperimentConfig, sizes: ModelSizes, devices=None) -> Trai
     return Trainer.create(cfg, sizes, mesh, objective)
 
 
+def label_capacity_fn(cfg: ExperimentConfig, trainer: Trainer):
+    """How many tokens an utterance of n samples can carry, for the data pipeline's length check.
+
+    CTC needs at least one encoder frame per token; the transducer can emit several tokens per
+    frame, but greedy decoding emits at most `eval.max_symbols_per_frame`, so a transcript longer
+    than that many per frame could never be decoded. Models without `output_frames` get no check.
+    """
+    frames = trainer.frames_fn
+    if frames is None:
+        return None
+    if "ctc" in trainer.objective.names:
+        return frames
+    per_frame = max(1, cfg.eval.max_symbols_per_frame)
+    return lambda n: frames(n) * per_frame
+
+
 @dataclasses.dataclass
 class TrainResult:
     state: TrainState
@@ -123,7 +139,8 @@ def train(cfg: ExperimentConfig, workdir: str | Path, *, progress: bool = True,
     batches = make_batches(source, tokenizer=assets.tokenizer, vocab=assets.vocab,
                            data_cfg=cfg.data, sample_rate=cfg.frontend.sample_rate, train=True,
                            seed=cfg.seed, process_index=jax.process_index(),
-                           process_count=jax.process_count(), frames_fn=trainer.frames_fn)
+                           process_count=jax.process_count(),
+                           frames_fn=label_capacity_fn(cfg, trainer))
     iterator = iter(batches)
     if ckpt.latest_step() is not None:
         state, data_state, meta = ckpt.restore(trainer.abstract_sharded_state())
@@ -144,6 +161,7 @@ def train(cfg: ExperimentConfig, workdir: str | Path, *, progress: bool = True,
         bar = tqdm(total=total, initial=start_step, desc=cfg.name, unit="step", dynamic_ncols=True)
 
     t0 = time.perf_counter()
+    t_window = t0
     step = start_step
     skipped = 0
     window: list[tuple[dict, np.ndarray]] = []
@@ -161,6 +179,7 @@ def train(cfg: ExperimentConfig, workdir: str | Path, *, progress: bool = True,
             at_ckpt = cfg.train.checkpoint_every and step % cfg.train.checkpoint_every == 0
             if at_log or at_ckpt or (stop_after is not None and run_here >= stop_after):
                 last, bad = _summarize(window)
+                fetched_steps = window
                 window = []
                 if bad:
                     skipped += len(bad)
@@ -176,7 +195,15 @@ def train(cfg: ExperimentConfig, workdir: str | Path, *, progress: bool = True,
                     log.warning("skipped %d non-finite update(s) (train.on_nan=skip)", len(bad))
                 step = int(state.step)  # skipped updates do not count
                 last["learning_rate"] = float(trainer.schedule(step))
+                now = time.perf_counter()
+                last["seconds_per_step"] = (now - t_window) / max(1, len(fetched_steps))
+                t_window = now
                 writer.write(step, last, prefix="train/")
+                if bar is None and jax.process_index() == 0:
+                    log.info("step %d/%d %s", step, total, format_scalars(last, [
+                        "loss/total", "seconds_per_step"] + [k for k in last if k.startswith(
+                            "loss/") and k != "loss/total"] + [k for k in last if
+                                                           k.endswith("accuracy")]))
                 if bar is not None:
                     bar.n = step
                     bar.set_postfix_str(format_scalars(last, ["loss/total"] + [

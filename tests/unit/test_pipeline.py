@@ -236,3 +236,42 @@ def test_resampling_and_config_errors(corpus):
     with pytest.raises(ValueError, match="multiple of the process count 3"):
         make_batches(src, tokenizer=CharTokenizer(), vocab=vocab, data_cfg=cfg(), sample_rate=SR,
                      train=True, seed=0, process_count=3)
+
+
+class _Override:
+    """Wraps a source, replacing the audio or sample rate of one example (in-memory sources such
+    as TFDS records can carry values a file reader would reject)."""
+
+    def __init__(self, src, index, **fields):
+        self.src, self.index, self.fields = src, index, fields
+
+    def __len__(self):
+        return len(self.src)
+
+    def __getitem__(self, i):
+        ex = dict(self.src[i])
+        if i == self.index:
+            ex.update(self.fields)
+        return ex
+
+    def metadata(self, i):
+        return self.src.metadata(i)
+
+    def text(self, i):
+        return self.src.text(i)
+
+
+@pytest.mark.parametrize("fields,match", [
+    ({"sample_rate": 800}, r"example 'u5' says its audio is sampled at 800 Hz.*sample_rate"),
+    ({"audio": np.full(800, np.nan, np.float32)}, r"example 'u5' has NaN or infinite audio"),
+])
+def test_wrong_sample_rate_and_nan_audio_are_named(corpus, fields, match):
+    src, vocab = corpus
+    bad = _Override(src, 5, **fields)
+    with pytest.raises(DataError, match=match):
+        batches(bad, vocab, 3, train=False)
+    stream = make_batches(bad, tokenizer=CharTokenizer(), vocab=vocab,
+                          data_cfg=cfg(skip_bad_examples=True), sample_rate=SR, train=False,
+                          seed=0)
+    assert real_indices(list(stream)) == [i for i in range(12) if i != 5]
+    assert stream.skipped == 1
