@@ -46,15 +46,20 @@ def _run(cfg, devices, batch):
     return trainer, jax.device_get(metrics), [np.asarray(x) for x in jax.tree.leaves(grads)]
 
 
+@pytest.fixture(scope="module")
+def one_device():
+    """The single-device reference, computed once for every mesh below."""
+    cfg = load_config(ROOT / "configs" / "fsdd_slu.py", "tiny")
+    _, m1, p1 = _run(dataclasses.replace(cfg, mesh=MeshConfig()), jax.devices()[:1], _batch())
+    return cfg, m1, p1
+
+
 @pytest.mark.parametrize("mesh", [MeshConfig(data=-1, fsdp=2, tensor=1),
                                   MeshConfig(data=2, fsdp=2, tensor=2)])
-def test_one_device_and_eight_devices_agree(mesh):
+def test_one_device_and_eight_devices_agree(one_device, mesh):
     assert jax.device_count() == 8, "tests/conftest.py must set 8 simulated CPU devices"
-    cfg = load_config(ROOT / "configs" / "fsdd_slu.py", "tiny")
-    cfg = dataclasses.replace(cfg, mesh=mesh)
-    batch = _batch()
-    _, m1, p1 = _run(cfg, jax.devices()[:1], batch)
-    trainer8, m8, p8 = _run(cfg, jax.devices(), batch)
+    cfg, m1, p1 = one_device
+    trainer8, m8, p8 = _run(dataclasses.replace(cfg, mesh=mesh), jax.devices(), _batch())
     assert dict(trainer8.mesh.shape) == {"data": 8 // (mesh.fsdp * mesh.tensor),
                                          "fsdp": mesh.fsdp, "tensor": mesh.tensor}
     # Some parameters really are split across devices on the 8-device mesh.
