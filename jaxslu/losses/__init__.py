@@ -6,6 +6,7 @@ the registered terms (`rnnt`, `ctc`, `intent_ce`, `slot_ce`, ...) wrap them for 
 from jaxslu.losses.base import (LossTerm, Objective, build_objective, intermediates_of,
                                 parse_objective)
 from jaxslu.losses import terms as _terms  # noqa: F401  (registers the built-in terms)
+from jaxslu.losses import compute_cost as _compute_cost  # noqa: F401  (registers compute_cost)
 
 
 def __getattr__(name):
