@@ -27,7 +27,7 @@ def get_config(variant: str = "default") -> ExperimentConfig:
         data=DataConfig(dataset="spoken_slurp",
                         options={"num_speakers": 16, "utterances": None, "seed": 0},
                         eval_splits=("test",), batch_size=16, eval_batch_size=32,
-                        bucket_seconds=(2.0, 3.0, 4.0, 6.0, 9.0), label_buckets=(16, 32, 48, 64)),
+                        bucket_seconds=(2.5, 4.5, 7.5), label_buckets=(24, 48, 96)),
         frontend=FrontendConfig(num_mels=80),
         tokenizer=TokenizerConfig(kind="unigram", vocab_size=256),
         optim=OptimConfig(learning_rate=1.5e-3, warmup_steps=500),
