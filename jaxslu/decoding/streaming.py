@@ -34,7 +34,7 @@ import numpy as np
 from flax import nnx
 
 from jaxslu.audio.frontend import hop_samples, log_mel, num_frames, window_samples
-from jaxslu.decoding.transducer import _where_tree
+from jaxslu.decoding.transducer import greedy_frames
 
 
 @dataclasses.dataclass
@@ -58,34 +58,11 @@ def greedy_chunk(model, enc: jax.Array, valid: jax.Array, pred: jax.Array, pred_
                  max_symbols_per_frame: int) -> tuple[jax.Array, jax.Array, jax.Array, Any]:
     """Greedy decoding of one chunk's encoder frames enc [B, S, J] (valid [B, S]) from the carried
     prediction-network output `pred` [B, J] and state. Returns (tokens [B, S*max_symbols] 0-padded,
-    counts [B], pred, pred_state)."""
-    b, s, _ = enc.shape
-    max_len = s * max_symbols_per_frame
-    positions = jnp.arange(max_len)[None, :]
-
-    def frame(carry, xs):
-        enc_t, valid_t = xs
-
-        def cond(c):
-            return (c[0] < max_symbols_per_frame) & jnp.any(c[1])
-
-        def body(c):
-            i, active, pred, state, tokens, lengths = c
-            k = jnp.argmax(model.joint(enc_t, pred), axis=-1).astype(jnp.int32)
-            emit = active & (k != 0)
-            new_pred, new_state = model.predictor_step(k, state)
-            pred = _where_tree(emit, new_pred, pred)
-            state = _where_tree(emit, new_state, state)
-            tokens = jnp.where(emit[:, None] & (positions == lengths[:, None]), k[:, None], tokens)
-            return i + 1, emit, pred, state, tokens, lengths + emit.astype(jnp.int32)
-
-        _, _, *rest = jax.lax.while_loop(cond, body, (jnp.int32(0), valid_t) + carry)
-        return tuple(rest), None
-
-    init = (pred, pred_state, jnp.zeros((b, max_len), jnp.int32), jnp.zeros((b,), jnp.int32))
-    (pred, pred_state, tokens, counts), _ = jax.lax.scan(
-        frame, init, (jnp.swapaxes(enc, 0, 1), valid.T))
-    return tokens, counts, pred, pred_state
+    counts [B], pred, pred_state): the offline search (`greedy_frames`) run on one chunk, so the
+    streamed transcript is the offline one by construction of the carried state."""
+    return greedy_frames(model, enc, valid, pred, pred_state,
+                         max_symbols_per_frame=max_symbols_per_frame,
+                         max_len=enc.shape[1] * max_symbols_per_frame)
 
 
 class StreamingDecoder:

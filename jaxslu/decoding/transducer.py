@@ -50,17 +50,16 @@ def _check_inputs(audio: jax.Array, audio_lengths: jax.Array) -> None:
                          f"{audio_lengths.shape}")
 
 
-def greedy_from_encoder(model: Transducer, enc: jax.Array, enc_lengths: jax.Array, *,
-                        max_symbols_per_frame: int = 3,
-                        max_len: int | None = None) -> tuple[jax.Array, jax.Array]:
-    """Greedy decoding of encoder output [B, T, J] -> (tokens [B, L] int32, lengths [B] int32)."""
-    if max_symbols_per_frame < 1:
-        raise ValueError(f"max_symbols_per_frame={max_symbols_per_frame} must be >= 1")
-    b, t, _ = enc.shape
-    max_len = max_len if max_len is not None else t * max_symbols_per_frame
-    if max_len < 1:
-        raise ValueError(f"max_len={max_len} must be >= 1")
-    pred, state = model.predictor_step(jnp.zeros((b,), jnp.int32), model.predictor_init(b))
+def greedy_frames(model: Transducer, enc: jax.Array, valid: jax.Array, pred: jax.Array,
+                  pred_state: Any, *, max_symbols_per_frame: int, max_len: int
+                  ) -> tuple[jax.Array, jax.Array, jax.Array, Any]:
+    """The greedy search over frames enc [B, T, J] (valid [B, T]) starting from the prediction
+    network's output `pred` [B, J] and state: at each frame emit the argmax label while it is not
+    blank, up to `max_symbols_per_frame` per frame and `max_len` in all; the prediction network
+    advances only on an emission. Returns (tokens [B, max_len] 0-padded, lengths [B], pred,
+    pred_state), so a caller can continue from the returned state (streaming decodes chunk by
+    chunk with it)."""
+    b = enc.shape[0]
     positions = jnp.arange(max_len)[None, :]
 
     def frame(carry, xs):
@@ -83,9 +82,27 @@ def greedy_from_encoder(model: Transducer, enc: jax.Array, enc_lengths: jax.Arra
         _, _, *rest = jax.lax.while_loop(cond, body, (jnp.int32(0), valid_t) + carry)
         return tuple(rest), None
 
-    init = (pred, state, jnp.zeros((b, max_len), jnp.int32), jnp.zeros((b,), jnp.int32))
-    valid = jnp.arange(t)[:, None] < enc_lengths[None, :]  # [T, B]
-    (_, _, tokens, lengths), _ = jax.lax.scan(frame, init, (jnp.swapaxes(enc, 0, 1), valid))
+    init = (pred, pred_state, jnp.zeros((b, max_len), jnp.int32), jnp.zeros((b,), jnp.int32))
+    (pred, pred_state, tokens, lengths), _ = jax.lax.scan(
+        frame, init, (jnp.swapaxes(enc, 0, 1), valid.T))
+    return tokens, lengths, pred, pred_state
+
+
+def greedy_from_encoder(model: Transducer, enc: jax.Array, enc_lengths: jax.Array, *,
+                        max_symbols_per_frame: int = 3,
+                        max_len: int | None = None) -> tuple[jax.Array, jax.Array]:
+    """Greedy decoding of encoder output [B, T, J] -> (tokens [B, L] int32, lengths [B] int32)."""
+    if max_symbols_per_frame < 1:
+        raise ValueError(f"max_symbols_per_frame={max_symbols_per_frame} must be >= 1")
+    b, t, _ = enc.shape
+    max_len = max_len if max_len is not None else t * max_symbols_per_frame
+    if max_len < 1:
+        raise ValueError(f"max_len={max_len} must be >= 1")
+    pred, state = model.predictor_step(jnp.zeros((b,), jnp.int32), model.predictor_init(b))
+    valid = jnp.arange(t)[None, :] < enc_lengths[:, None]  # [B, T]
+    tokens, lengths, _, _ = greedy_frames(model, enc, valid, pred, state,
+                                          max_symbols_per_frame=max_symbols_per_frame,
+                                          max_len=max_len)
     return tokens, lengths
 
 

@@ -42,6 +42,8 @@ Open choices, decided here:
 """
 from __future__ import annotations
 
+import functools
+
 from typing import Callable, NamedTuple
 
 import jax
@@ -172,6 +174,31 @@ class Backend(NamedTuple):
     grad: Callable
     joint_logprobs: Callable
     joint_grad: Callable
+
+
+def build_loss_functions(stages, blank: int, fastemit_lambda: float, clamp: float | None,
+                         interpret, activation: str = "tanh",
+                         blocks: tuple[tuple[str, int], ...] = ()):
+    """(loss(logits, labels_ext, T_len, U_len), fused(enc, pred, W, bias, labels_ext, T_len, U_len))
+    from a backend module's five stage functions (`stages.logprobs`, `recursion`, `grad`,
+    `joint_logprobs`, `joint_grad`), shared by the TPU and GPU modules.
+
+    blocks overrides tile sizes, e.g. (("block_v", 128),) (keys: the stage functions' block_*
+    arguments); the public entry points use the defaults. Exposed for tuning and for tests that
+    need several tiles on tiny shapes.
+    """
+    kw = dict(blocks)
+    backend = Backend(
+        logprobs=functools.partial(stages.logprobs, blank=blank, interpret=interpret, **kw),
+        recursion=functools.partial(stages.recursion, interpret=interpret),
+        grad=functools.partial(stages.grad, blank=blank, interpret=interpret, **kw),
+        joint_logprobs=functools.partial(stages.joint_logprobs, blank=blank,
+                                         activation=activation, interpret=interpret, **kw),
+        joint_grad=functools.partial(stages.joint_grad, blank=blank, activation=activation,
+                                     interpret=interpret, **kw),
+    )
+    return (make_rnnt_loss(backend, fastemit_lambda, clamp),
+            make_fused_rnnt_loss(backend, fastemit_lambda))
 
 
 def make_rnnt_loss(backend: Backend, fastemit_lambda: float, clamp: float | None):

@@ -35,6 +35,7 @@ Triton-specific choices:
 from __future__ import annotations
 
 import functools
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -439,25 +440,10 @@ def joint_grad(enc, pred, W, bias, lse, soft, pb, pe, labels_ext, tl, ul, g, *, 
 @functools.lru_cache(maxsize=None)
 def loss_functions(blank: int, fastemit_lambda: float, clamp: float | None, interpret,
                    activation: str = "tanh", blocks: tuple[tuple[str, int], ...] = ()):
-    """(loss(logits, labels_ext, T_len, U_len), fused(enc, pred, W, bias, labels_ext, T_len, U_len)),
-    the differentiable losses on checked inputs, cached per configuration.
-
-    blocks overrides tile sizes, e.g. (("block_v", 128),) (keys: the stage functions' block_*
-    arguments); the public entry points use the defaults. Exposed for tuning and for tests that
-    need several tiles on tiny shapes.
-    """
-    kw = dict(blocks)
-    backend = pc.Backend(
-        logprobs=functools.partial(logprobs, blank=blank, interpret=interpret, **kw),
-        recursion=functools.partial(recursion, interpret=interpret),
-        grad=functools.partial(grad, blank=blank, interpret=interpret, **kw),
-        joint_logprobs=functools.partial(joint_logprobs, blank=blank, activation=activation,
-                                         interpret=interpret, **kw),
-        joint_grad=functools.partial(joint_grad, blank=blank, activation=activation,
-                                     interpret=interpret, **kw),
-    )
-    return (pc.make_rnnt_loss(backend, fastemit_lambda, clamp),
-            pc.make_fused_rnnt_loss(backend, fastemit_lambda))
+    """This backend's differentiable (loss, fused) pair, cached per configuration (see
+    `pallas_common.build_loss_functions`)."""
+    return pc.build_loss_functions(sys.modules[__name__], blank, fastemit_lambda, clamp,
+                                   interpret, activation, blocks)
 
 
 def rnnt_loss(logits, labels, logit_lengths, label_lengths, *, blank: int = 0,
