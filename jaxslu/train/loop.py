@@ -75,7 +75,20 @@ def prepare_assets(cfg: ExperimentConfig, workdir: Path, train_source=None) -> R
     return RunAssets(tokenizer, vocab, sizes)
 
 
+def check_joint_activation(cfg: ExperimentConfig) -> None:
+    """The rnnt term recomputes the joint (act(enc + pred) @ W + b) from the model's outputs; its
+    `activation` option must be the model's `joint_activation` or the loss trains another model."""
+    model_act = getattr(cfg.model, "joint_activation", None)
+    if model_act is None or "rnnt" not in cfg.loss:
+        return
+    term_act = dict(cfg.loss_options.get("rnnt", {})).get("activation", "tanh")
+    if term_act != model_act:
+        raise ValueError(f"loss_options.rnnt.activation={term_act!r} but the model's joint uses "
+                         f"model.joint_activation={model_act!r}; set both to the same activation")
+
+
 def make_trainer(cfg: ExperimentConfig, sizes: ModelSizes, devices=None) -> Trainer:
+    check_joint_activation(cfg)
     mesh = mesh_lib.make_mesh(cfg.mesh, devices)
     objective = build_objective(cfg.loss, cfg.loss_options)
     return Trainer.create(cfg, sizes, mesh, objective)

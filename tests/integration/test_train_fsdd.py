@@ -117,3 +117,11 @@ def test_unknown_config_key_is_a_clear_cli_error(tmp_path):
                          capture_output=True, text=True, timeout=300)
     assert out.returncode == 2
     assert "unknown config key 'num_layer'" in out.stderr and "valid keys" in out.stderr
+
+
+def test_rnnt_activation_must_match_the_models_joint():
+    from jaxslu.train.loop import make_trainer
+    from jaxslu.train.state import ModelSizes
+    cfg = _cfg("model.joint_activation=relu")
+    with pytest.raises(ValueError, match="loss_options.rnnt.activation='tanh'.*'relu'"):
+        make_trainer(cfg, ModelSizes(vocab_size=8, num_intents=10), ONE_DEVICE)
