@@ -43,7 +43,8 @@ def get_config(variant: str = "default") -> ExperimentConfig:
                 predictor=PredictorConfig(embed_dim=16, hidden=32, layers=1), joint_dim=32),
             data=dataclasses.replace(cfg.data, options={"num_speakers": 4, "utterances": 40,
                                                         "seed": 0},
-                                     batch_size=4, eval_batch_size=8),
+                                     batch_size=4, eval_batch_size=8,
+                                     bucket_seconds=(4.0, 10.0), label_buckets=(32, 96)),
             frontend=dataclasses.replace(cfg.frontend, num_mels=32),
             tokenizer=TokenizerConfig(kind="unigram", vocab_size=64),
             train=TrainConfig(steps=3, log_every=1, checkpoint_every=3))
