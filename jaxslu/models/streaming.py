@@ -39,8 +39,8 @@ from jaxslu.config import FrontendConfig
 from jaxslu.layers.convrnnt import ConvRNNTFrontend
 from jaxslu.layers.streaming_attention import (ATTENTION_MODES, AttentionSpec,
                                                StreamingTransformerEncoder)
-from jaxslu.layers.subsampling import SUPPORTED_FACTORS
-from jaxslu.models.transducer import EncoderConfig, LSTMEncoder, Transducer, TransducerConfig
+from jaxslu.models.transducer import (EncoderConfig, LSTMEncoder, Transducer, TransducerConfig,
+                                      check_encoder_basics)
 from jaxslu.registry import MODELS
 
 StreamState = dict[str, Any]
@@ -85,13 +85,7 @@ class StreamingEncoderConfig:
         if self.attention not in ATTENTION_MODES:
             raise ValueError(f"model.encoder.attention={self.attention!r}: use one of "
                              f"{ATTENTION_MODES}")
-        if self.subsampling not in SUPPORTED_FACTORS:
-            raise ValueError(f"model.encoder.subsampling={self.subsampling}: use one of "
-                             f"{SUPPORTED_FACTORS}")
-        if self.num_layers < 1 or self.dim < 1:
-            raise ValueError("model.encoder.num_layers and .dim must be positive")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"model.encoder.dropout={self.dropout} must be in [0, 1)")
+        check_encoder_basics(self)
         if not self.causal:
             raise ValueError("model.encoder.causal=False: streaming encoders are always causal")
         if len(self.local_kernel) != 2:

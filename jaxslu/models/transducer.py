@@ -41,6 +41,17 @@ from jaxslu.registry import MODELS
 PredictorState = tuple[LSTMState, ...]
 
 
+def check_encoder_basics(cfg) -> None:
+    """Checks every encoder config shares (subsampling, sizes, dropout), with the field named."""
+    if cfg.subsampling not in SUPPORTED_FACTORS:
+        raise ValueError(f"model.encoder.subsampling={cfg.subsampling}: use one of "
+                         f"{SUPPORTED_FACTORS}")
+    if cfg.num_layers < 1 or cfg.dim < 1:
+        raise ValueError("model.encoder.num_layers and .dim must be positive")
+    if not 0.0 <= cfg.dropout < 1.0:
+        raise ValueError(f"model.encoder.dropout={cfg.dropout} must be in [0, 1)")
+
+
 @dataclasses.dataclass(frozen=True)
 class EncoderConfig:
     kind: str = "conformer"  # "conformer" or "lstm"
@@ -58,13 +69,7 @@ class EncoderConfig:
     def __post_init__(self):
         if self.kind not in ("conformer", "lstm"):
             raise ValueError(f"model.encoder.kind={self.kind!r}: use 'conformer' or 'lstm'")
-        if self.subsampling not in SUPPORTED_FACTORS:
-            raise ValueError(f"model.encoder.subsampling={self.subsampling}: use one of "
-                             f"{SUPPORTED_FACTORS}")
-        if self.num_layers < 1 or self.dim < 1:
-            raise ValueError("model.encoder.num_layers and .dim must be positive")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"model.encoder.dropout={self.dropout} must be in [0, 1)")
+        check_encoder_basics(self)
 
 
 @dataclasses.dataclass(frozen=True)

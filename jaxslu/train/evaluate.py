@@ -39,7 +39,6 @@ class LoadedRun:
     params: Any
     rest: Any
     step: int
-    frames_fn: Any
 
     @classmethod
     def from_workdir(cls, workdir: str | Path, overrides: Sequence[str] = (),
@@ -60,8 +59,7 @@ class LoadedRun:
         finally:
             ckpt.close()
         return cls(cfg=cfg, workdir=workdir, assets=assets, graphdef=trainer.graphdef,
-                   params=state.params, rest=trainer.rest, step=int(state.step),
-                   frames_fn=trainer.frames_fn)
+                   params=state.params, rest=trainer.rest, step=int(state.step))
 
     # -- decoding --------------------------------------------------------------------------
 
@@ -112,12 +110,15 @@ class LoadedRun:
 
 
 def word_of_token(tokenizer, ids: Sequence[int]) -> list[int]:
-    """Which word of `tokenizer.decode(ids).split()` each token belongs to (by decoding prefixes,
-    which works for any tokenizer whose decoding is prefix-stable)."""
-    out = []
-    for k in range(len(ids)):
-        prefix = tokenizer.decode(list(ids[: k + 1]))
-        out.append(max(0, len(prefix.split()) - 1))
+    """Which word of `tokenizer.decode(ids).split()` each token belongs to: every word starts with
+    a piece carrying the word-boundary mark (char and sentencepiece tokenizers alike)."""
+    from jaxslu.text.tokenizer import WORD_BOUNDARY
+
+    out, word = [], -1
+    for piece in tokenizer.pieces(list(ids)):
+        if piece.startswith(WORD_BOUNDARY) or word < 0:
+            word += 1
+        out.append(word)
     return out
 
 

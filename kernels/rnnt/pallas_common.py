@@ -201,6 +201,27 @@ def build_loss_functions(stages, blank: int, fastemit_lambda: float, clamp: floa
             make_fused_rnnt_loss(backend, fastemit_lambda))
 
 
+def checked_rnnt_loss(loss_functions, where: str, logits, labels, logit_lengths, label_lengths, *,
+                      blank: int, fastemit_lambda: float, clamp: float | None, interpret):
+    """The public `rnnt_loss` of a backend module: check inputs, pick the cached loss, call it."""
+    B, T, U1, V = check_logits(logits, where)
+    inp = check_inputs(B, T, U1, V, labels, logit_lengths, label_lengths, blank, where)
+    clamp = None if clamp is None or clamp <= 0 else float(clamp)
+    fn, _ = loss_functions(int(blank), float(fastemit_lambda), clamp, interpret)
+    return fn(logits, extend_labels(inp.labels, V), inp.logit_lengths, inp.label_lengths)
+
+
+def checked_fused_rnnt_loss(loss_functions, where: str, encoder, predictor, weight, bias, labels,
+                            logit_lengths, label_lengths, *, blank: int, fastemit_lambda: float,
+                            activation: str, interpret):
+    """The public `fused_rnnt_loss` of a backend module: check inputs, pick, call."""
+    B, T, U1, J, V = check_joint(encoder, predictor, weight, bias, activation, where)
+    inp = check_inputs(B, T, U1, V, labels, logit_lengths, label_lengths, blank, where)
+    _, fn = loss_functions(int(blank), float(fastemit_lambda), None, interpret, activation)
+    return fn(encoder, predictor, weight, bias, extend_labels(inp.labels, V),
+              inp.logit_lengths, inp.label_lengths)
+
+
 def make_rnnt_loss(backend: Backend, fastemit_lambda: float, clamp: float | None):
     """The differentiable loss(logits, labels_ext, T_len, U_len) -> [B] for one backend/config."""
 

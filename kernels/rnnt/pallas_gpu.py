@@ -454,11 +454,9 @@ def rnnt_loss(logits, labels, logit_lengths, label_lengths, *, blank: int = 0,
     fastemit_lambda scales the label-emission gradient terms by 1 + lambda (value unchanged);
     clamp > 0 clips each gradient entry to [-clamp, clamp]. interpret=True runs on CPU.
     """
-    B, T, U1, V = pc.check_logits(logits, "pallas_gpu.rnnt_loss")
-    inp = pc.check_inputs(B, T, U1, V, labels, logit_lengths, label_lengths, blank, "pallas_gpu.rnnt_loss")
-    clamp = None if clamp is None or clamp <= 0 else float(clamp)
-    fn, _ = loss_functions(int(blank), float(fastemit_lambda), clamp, interpret)
-    return fn(logits, pc.extend_labels(inp.labels, V), inp.logit_lengths, inp.label_lengths)
+    return pc.checked_rnnt_loss(loss_functions, "pallas_gpu.rnnt_loss", logits, labels, logit_lengths,
+                                label_lengths, blank=blank, fastemit_lambda=fastemit_lambda,
+                                clamp=clamp, interpret=interpret)
 
 
 def fused_rnnt_loss(encoder, predictor, weight, bias, labels, logit_lengths, label_lengths, *,
@@ -469,9 +467,7 @@ def fused_rnnt_loss(encoder, predictor, weight, bias, labels, logit_lengths, lab
     encoder [B, T, J], predictor [B, U+1, J], weight [J, V], bias [V]; differentiable w.r.t. all
     four (gradients in their dtypes). The [B, T, U+1, V] logits are never materialized.
     """
-    where = "pallas_gpu.fused_rnnt_loss"
-    B, T, U1, J, V = pc.check_joint(encoder, predictor, weight, bias, activation, where)
-    inp = pc.check_inputs(B, T, U1, V, labels, logit_lengths, label_lengths, blank, where)
-    _, fn = loss_functions(int(blank), float(fastemit_lambda), None, interpret, activation)
-    return fn(encoder, predictor, weight, bias, pc.extend_labels(inp.labels, V),
-              inp.logit_lengths, inp.label_lengths)
+    return pc.checked_fused_rnnt_loss(loss_functions, "pallas_gpu.fused_rnnt_loss", encoder, predictor,
+                                      weight, bias, labels, logit_lengths, label_lengths,
+                                      blank=blank, fastemit_lambda=fastemit_lambda,
+                                      activation=activation, interpret=interpret)

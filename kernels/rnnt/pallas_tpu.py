@@ -520,11 +520,9 @@ def rnnt_loss(logits, labels, logit_lengths, label_lengths, *, blank: int = 0,
     clamp > 0 clips each gradient entry to [-clamp, clamp]. interpret: True (generic Pallas
     interpreter, runs on CPU) or a `pltpu.InterpretParams`.
     """
-    B, T, U1, V = pc.check_logits(logits, "pallas_tpu.rnnt_loss")
-    inp = pc.check_inputs(B, T, U1, V, labels, logit_lengths, label_lengths, blank, "pallas_tpu.rnnt_loss")
-    clamp = None if clamp is None or clamp <= 0 else float(clamp)
-    fn, _ = loss_functions(int(blank), float(fastemit_lambda), clamp, interpret)
-    return fn(logits, pc.extend_labels(inp.labels, V), inp.logit_lengths, inp.label_lengths)
+    return pc.checked_rnnt_loss(loss_functions, "pallas_tpu.rnnt_loss", logits, labels, logit_lengths,
+                                label_lengths, blank=blank, fastemit_lambda=fastemit_lambda,
+                                clamp=clamp, interpret=interpret)
 
 
 def fused_rnnt_loss(encoder, predictor, weight, bias, labels, logit_lengths, label_lengths, *,
@@ -535,9 +533,7 @@ def fused_rnnt_loss(encoder, predictor, weight, bias, labels, logit_lengths, lab
     encoder [B, T, J], predictor [B, U+1, J], weight [J, V], bias [V]; differentiable w.r.t. all
     four (gradients in their dtypes). The [B, T, U+1, V] logits are never materialized.
     """
-    where = "pallas_tpu.fused_rnnt_loss"
-    B, T, U1, J, V = pc.check_joint(encoder, predictor, weight, bias, activation, where)
-    inp = pc.check_inputs(B, T, U1, V, labels, logit_lengths, label_lengths, blank, where)
-    _, fn = loss_functions(int(blank), float(fastemit_lambda), None, interpret, activation)
-    return fn(encoder, predictor, weight, bias, pc.extend_labels(inp.labels, V),
-              inp.logit_lengths, inp.label_lengths)
+    return pc.checked_fused_rnnt_loss(loss_functions, "pallas_tpu.fused_rnnt_loss", encoder, predictor,
+                                      weight, bias, labels, logit_lengths, label_lengths,
+                                      blank=blank, fastemit_lambda=fastemit_lambda,
+                                      activation=activation, interpret=interpret)
