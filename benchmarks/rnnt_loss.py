@@ -234,13 +234,39 @@ def bench_shape(shape: specs.RnntShape, repeats: int, torch_mod, taf) -> dict:
     return out
 
 
+_HUGETLB = "glibc.malloc.hugetlb=1"
+
+
+def _maybe_reexec_with_hugepages(mode: str) -> None:
+    """glibc reads GLIBC_TUNABLES at process start only, so set it and exec ourselves again."""
+    tunables = os.environ.get("GLIBC_TUNABLES", "")
+    if mode != "hugepages" or _HUGETLB in tunables:
+        return
+    env = dict(os.environ, GLIBC_TUNABLES=":".join(t for t in (tunables, _HUGETLB) if t))
+    os.execve(sys.executable, [sys.executable, *sys.argv], env)
+
+
+def _thp_mode() -> str:
+    try:
+        with open("/sys/kernel/mm/transparent_hugepage/enabled") as f:
+            return f.read().strip()
+    except OSError:
+        return "unknown"
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="two small shapes only")
     ap.add_argument("--repeats", type=int, default=3, help="timed calls per measurement")
     ap.add_argument("--no-torch", action="store_true", help="skip torchaudio")
     ap.add_argument("--out", default="results/benchmarks/rnnt_loss_cpu.json")
+    ap.add_argument("--malloc", choices=("default", "hugepages"), default="default",
+                    help="hugepages: re-run this process with GLIBC_TUNABLES=glibc.malloc.hugetlb=1 "
+                         "so glibc's malloc backs large blocks with transparent huge pages "
+                         "(what a kernel with THP 'always' does anyway); applies to every "
+                         "peer in the run")
     args = ap.parse_args(argv)
+    _maybe_reexec_with_hugepages(args.malloc)
 
     torch_mod = taf = None
     versions = {"jax": jax.__version__, "jaxlib": jax.lib.__version__, "numpy": np.__version__}
@@ -269,7 +295,9 @@ def main(argv=None) -> int:
         "command": "python " + " ".join([os.path.relpath(__file__)] + sys.argv[1:]),
         "machine": {"cpu": _cpu_model(), "cores": os.cpu_count(),
                     "platform": platform.platform(), "jax_backend": jax.default_backend(),
-                    "shared": "2 cores shared with other jobs; see load averages",
+                    "shared": "load averages before/after show whether other jobs shared the cores",
+                    "transparent_hugepage": _thp_mode(),
+                    "glibc_tunables": os.environ.get("GLIBC_TUNABLES", ""),
                     "load_avg_before": load_before, "load_avg_after": os.getloadavg()},
         "versions": versions,
         "dtype": "float32",
