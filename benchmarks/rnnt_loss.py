@@ -44,6 +44,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxslu.kernels.rnnt import fused as rnnt_fused
+from jaxslu.hugepages import reexec_with_malloc_hugepages, thp_mode
 from jaxslu.kernels.rnnt import rnnt_loss, fused_rnnt_loss, specs
 
 
@@ -234,26 +235,6 @@ def bench_shape(shape: specs.RnntShape, repeats: int, torch_mod, taf) -> dict:
     return out
 
 
-_HUGETLB = "glibc.malloc.hugetlb=1"
-
-
-def _maybe_reexec_with_hugepages(mode: str) -> None:
-    """glibc reads GLIBC_TUNABLES at process start only, so set it and exec ourselves again."""
-    tunables = os.environ.get("GLIBC_TUNABLES", "")
-    if mode != "hugepages" or _HUGETLB in tunables:
-        return
-    env = dict(os.environ, GLIBC_TUNABLES=":".join(t for t in (tunables, _HUGETLB) if t))
-    os.execve(sys.executable, [sys.executable, *sys.argv], env)
-
-
-def _thp_mode() -> str:
-    try:
-        with open("/sys/kernel/mm/transparent_hugepage/enabled") as f:
-            return f.read().strip()
-    except OSError:
-        return "unknown"
-
-
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="two small shapes only")
@@ -266,7 +247,8 @@ def main(argv=None) -> int:
                          "(what a kernel with THP 'always' does anyway); applies to every "
                          "peer in the run")
     args = ap.parse_args(argv)
-    _maybe_reexec_with_hugepages(args.malloc)
+    if args.malloc == "hugepages":
+        reexec_with_malloc_hugepages()
 
     torch_mod = taf = None
     versions = {"jax": jax.__version__, "jaxlib": jax.lib.__version__, "numpy": np.__version__}
@@ -296,7 +278,7 @@ def main(argv=None) -> int:
         "machine": {"cpu": _cpu_model(), "cores": os.cpu_count(),
                     "platform": platform.platform(), "jax_backend": jax.default_backend(),
                     "shared": "load averages before/after show whether other jobs shared the cores",
-                    "transparent_hugepage": _thp_mode(),
+                    "transparent_hugepage": thp_mode(),
                     "glibc_tunables": os.environ.get("GLIBC_TUNABLES", ""),
                     "load_avg_before": load_before, "load_avg_after": os.getloadavg()},
         "versions": versions,

@@ -99,6 +99,9 @@ class TrainConfig:
     on_nan: str = "stop"
     max_skipped_updates: int = 10
     profile: bool = False
+    # Warm start: workdir of another run whose latest parameters (matched by path and shape) and
+    # tokenizer / label vocabularies a fresh run starts from (jaxslu.train.warm_start).
+    init_from: str | None = None
 
 
 @dataclasses.dataclass(frozen=True)

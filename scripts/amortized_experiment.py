@@ -2,6 +2,7 @@
 
     python scripts/amortized_experiment.py --quick            # tiny models, 60 steps (~15 min)
     python scripts/amortized_experiment.py                    # the real experiment (hours of CPU)
+    python scripts/amortized_experiment.py --scale small      # ~0.75M-param encoders (~2 h, 2 cores)
     python scripts/amortized_experiment.py --streaming-benchmark   # RTF / chunk latency only
 
 Runs (each trained with jaxslu.train.loop.train and evaluated with
@@ -54,38 +55,75 @@ QUICK_OVERRIDES = ["train.steps=60", "train.log_every=20", "train.checkpoint_eve
 QUICK_AMORTIZED_OVERRIDES = ["model.encoder.gate_init_bias=1.0"]
 
 
-def run_specs(weights: list[float]) -> list[dict]:
-    """(name, config file, overrides, kind, compute weight) of every run."""
+# Scales. "full": the configs as committed (6-layer dim-144 Transformers, ~2M-parameter
+# encoders), hours of CPU per run. "small": ~0.7-0.8M-parameter encoders of every kind and
+# shorter schedules, so that the whole experiment fits about two hours on 2 CPU cores.
+# Transformer runs share a dense base: `tt_dense_base` trains from scratch for `base_steps`; the
+# dense, sliding-window and amortized runs each start from it (train.init_from) and train
+# `finetune_steps` more, so they differ only in what the last phase trains (the amortized
+# arbitrators, new parameters, train jointly with the model from their initialization). The
+# non-Transformer encoders train from scratch for base_steps + finetune_steps.
+SCALES = {
+    "full": dict(base_steps=4000, finetune_steps=2000, common=[],
+                 tt=[], conformer=[], lstm=["model.encoder.num_layers=3",
+                                             "model.encoder.dim=200"], convrnnt=[]),
+    "small": dict(base_steps=1200, finetune_steps=600,
+                  common=["model.joint_dim=128", "model.predictor.hidden=128",
+                          "train.log_every=50", "train.checkpoint_every=600"],
+                  tt=["model.encoder.num_layers=4", "model.encoder.dim=96"],
+                  conformer=["model.encoder.num_layers=3", "model.encoder.dim=88"],
+                  lstm=["model.encoder.num_layers=3", "model.encoder.dim=112"],
+                  convrnnt=["model.encoder.dim=144", "model.encoder.local_channels=(48,48,32,32)",
+                            "model.encoder.global_channels=96", "model.encoder.global_blocks=6"]),
+}
+# The fine-tuning phase: short warm-up, a third of the base peak rate, cosine decay.
+FINETUNE_OPTIM = ["optim.learning_rate=5e-4", "optim.warmup_steps=50"]
+
+
+def run_specs(weights: list[float], scale: str = "full") -> list[dict]:
+    """name, config file, overrides, kind, compute weight and warm-start source of every run."""
+    sc = SCALES[scale]
     streamable = ["frontend.normalize=none", "model.encoder.causal=True"]
+    base = sc["common"] + sc["tt"]
+    scratch = [f"train.steps={sc['base_steps'] + sc['finetune_steps']}"]
+    finetune = [f"train.steps={sc['finetune_steps']}"] + FINETUNE_OPTIM
     specs = [
-        dict(name="tt_dense", config="slurp_transformer_dense.py", overrides=[], kind="dense"),
-        dict(name="tt_sliding", config="slurp_transformer_sliding.py", overrides=[],
-             kind="sliding_window"),
+        dict(name="tt_dense_base", config="slurp_transformer_dense.py", kind="base",
+             overrides=base + [f"train.steps={sc['base_steps']}"]),
+        dict(name="tt_dense", config="slurp_transformer_dense.py", kind="dense",
+             overrides=base + finetune, init_from="tt_dense_base"),
+        dict(name="tt_sliding", config="slurp_transformer_sliding.py", kind="sliding_window",
+             overrides=base + finetune, init_from="tt_dense_base"),
     ]
     for w in weights:
         specs.append(dict(name=f"tt_amortized_w{w:g}", config="slurp_transformer_amortized.py",
-                          overrides=[], kind="amortized", compute_weight=w))
+                          overrides=base + finetune, kind="amortized", compute_weight=w,
+                          init_from="tt_dense_base"))
     specs += [
-        dict(name="convrnnt", config="slurp_convrnnt.py", overrides=[], kind="encoder"),
+        dict(name="convrnnt", config="slurp_convrnnt.py", kind="encoder",
+             overrides=sc["common"] + sc["convrnnt"] + scratch),
         dict(name="lstm_rnnt", config="spoken_slurp.py", kind="encoder",
-             overrides=streamable + ["model.encoder.kind=lstm", "model.encoder.num_layers=3",
-                                     "model.encoder.dim=200"]),
-        dict(name="conformer", config="spoken_slurp.py", overrides=streamable, kind="encoder"),
+             overrides=streamable + ["model.encoder.kind=lstm"] + sc["common"] + sc["lstm"]
+             + scratch),
+        dict(name="conformer", config="spoken_slurp.py", kind="encoder",
+             overrides=streamable + sc["common"] + sc["conformer"] + scratch),
     ]
     return specs
 
 
-def load_run_config(spec: dict, quick: bool):
+def load_run_config(spec: dict, quick: bool, workdir: Path | None = None):
     from jaxslu.config import load_config
 
     overrides = list(spec["overrides"])
-    if quick and spec["name"] == "lstm_rnnt":
-        overrides = [o for o in overrides if not o.startswith(("model.encoder.dim",
-                                                               "model.encoder.num_layers"))]
     if quick:
+        # tiny variants: drop the size overrides, keep the structure (warm start included)
+        overrides = [o for o in overrides if o.startswith(("frontend.", "model.encoder.kind",
+                                                           "model.encoder.causal"))]
         overrides += QUICK_OVERRIDES
         if spec["kind"] == "amortized":
             overrides += QUICK_AMORTIZED_OVERRIDES
+    if spec.get("init_from") and workdir is not None:
+        overrides.append(f"train.init_from={workdir / spec['init_from']}")
     cfg = load_config(ROOT / "configs" / spec["config"], "tiny" if quick else None, overrides)
     if spec.get("compute_weight") is not None:
         import importlib.util
@@ -137,32 +175,54 @@ def block_flops_on_split(run, split: str) -> dict[str, float] | None:
     return totals
 
 
-def run_one(spec: dict, workdir: Path, quick: bool) -> dict:
+def run_one(spec: dict, workdir: Path, quick: bool, specs_by_name: dict | None = None) -> dict:
+    """Train (or resume) and evaluate one run; its result is kept in <workdir>/<name>/result.json,
+    and a finished run is not trained or evaluated again. A warm-started run first makes sure its
+    source run is finished."""
     from jaxslu.models.streaming import encoder_flops_per_second, encoder_param_count
     from jaxslu.train.evaluate import LoadedRun, evaluate_workdir
     from jaxslu.train.loop import train
 
-    cfg = load_run_config(spec, quick)
     wd = workdir / spec["name"]
+    done = wd / "result.json"
+    if done.exists():
+        return json.loads(done.read_text())
+    if spec.get("init_from"):
+        source = (specs_by_name or {}).get(spec["init_from"])
+        if source is None:
+            raise ValueError(f"run {spec['name']} starts from {spec['init_from']}, which is not "
+                             "a run of this experiment")
+        run_one(source, workdir, quick, specs_by_name)
+    cfg = load_run_config(spec, quick, workdir)
     t0 = time.perf_counter()
+    log.info("%s: training (%s)", spec["name"], " ".join(spec["overrides"]))
     train(cfg, wd, progress=False)
+    train_seconds = time.perf_counter() - t0
     run = LoadedRun.from_workdir(wd)
     split = cfg.data.eval_splits[0]
     report = evaluate_workdir(wd, [split], run=run)[split]
     model = nnx.merge(run.graphdef, run.params, run.rest)
     result = {"name": spec["name"], "kind": spec["kind"],
               "compute_weight": spec.get("compute_weight", 0.0),
-              "wer": report.get("wer"), "num_test_examples": report.get("num_examples"),
+              "init_from": spec.get("init_from"),
+              "wer": report.get("wer"), "cer": report.get("cer"),
+              "intent_accuracy": report.get("intent_accuracy"),
+              "num_test_examples": report.get("num_examples"),
               "params": encoder_param_count(model),
               "gflops_per_audio_second": encoder_flops_per_second(model) / 1e9,
               "block_flops": block_flops_on_split(run, split),
-              "seconds": round(time.perf_counter() - t0, 1), "loss": cfg.loss}
-    log.info("%s: %s", spec["name"], {k: v for k, v in result.items() if k != "block_flops"})
+              "steps": cfg.train.steps, "train_seconds": round(train_seconds, 1),
+              "seconds": round(time.perf_counter() - t0, 1), "loss": cfg.loss,
+              "overrides": spec["overrides"]}
+    log.info("%s: %s", spec["name"], {k: v for k, v in result.items()
+                                      if k not in ("block_flops", "overrides")})
+    done.write_text(json.dumps(result, indent=2) + "\n")
     return result
 
 
-def write_results(results: list[dict], quick: bool, out_dir: Path) -> None:
+def write_results(results: list[dict], quick: bool, out_dir: Path, scale: str = "full") -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
+    tag = {"quick": quick, "scale": "quick" if quick else scale}
     dense = next((r for r in results if r["name"] == "tt_dense" and r["block_flops"]), None)
     compute = []
     for r in results:
@@ -172,10 +232,16 @@ def write_results(results: list[dict], quick: bool, out_dir: Path) -> None:
                if dense and r["block_flops"] else None)
         compute.append({"name": r["name"], "kind": r["kind"],
                         "compute_weight": r["compute_weight"], "relative_compute": rel,
-                        "wer": r["wer"], "quick": quick})
+                        "wer": r["wer"], "intent_accuracy": r.get("intent_accuracy"),
+                        "component_compute": {
+                            k.split("/", 1)[1]: v / max(r["block_flops"][f"dense/{k.split('/', 1)[1]}"], 1.0)
+                            for k, v in (r["block_flops"] or {}).items()
+                            if k.startswith("executed/")} or None,
+                        "steps": r.get("steps"), "init_from": r.get("init_from"), **tag})
     encoders = [{"name": r["name"], "params": r["params"],
                  "gflops_per_audio_second": round(r["gflops_per_audio_second"], 4),
-                 "wer": r["wer"], "quick": quick}
+                 "wer": r["wer"], "intent_accuracy": r.get("intent_accuracy"),
+                 "steps": r.get("steps"), "init_from": r.get("init_from"), **tag}
                 for r in results if r["name"] in ("convrnnt", "lstm_rnnt", "conformer", "tt_dense")]
     (out_dir / "amortized_compute.json").write_text(json.dumps(compute, indent=2) + "\n")
     (out_dir / "encoders.json").write_text(json.dumps(encoders, indent=2) + "\n")
@@ -234,14 +300,26 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--quick", action="store_true",
                    help="tiny models, 60 steps, 60 utterances: checks the pipeline end to end")
-    p.add_argument("--weights", type=float, nargs="+", default=[0.05, 0.2, 0.5],
+    p.add_argument("--scale", choices=sorted(SCALES), default="full",
+                   help="full: the committed configs (hours per run); small: ~0.75M-parameter "
+                        "encoders, 1200 + 600 steps (about two hours for everything on 2 cores)")
+    p.add_argument("--weights", type=float, nargs="+", default=[2.0, 8.0, 32.0],
                    help="compute_cost weights of the amortized runs (at least 3 for the curve)")
-    p.add_argument("--only", nargs="+", default=None, help="run only these run names")
+    p.add_argument("--only", nargs="+", default=None,
+                   help="run only these runs, in this order (plus the base they start from); "
+                        "two processes with disjoint --only lists can share the workdir")
+    p.add_argument("--collect", action="store_true",
+                   help="train nothing: write the results from the finished runs in the workdir")
+    p.add_argument("--malloc-hugepages", action="store_true",
+                   help="re-run with GLIBC_TUNABLES=glibc.malloc.hugetlb=1 (jaxslu.hugepages)")
     p.add_argument("--workdir", default=str(ROOT / "runs" / "amortized_experiment"))
     p.add_argument("--results", default=str(ROOT / "results"))
     p.add_argument("--streaming-benchmark", action="store_true",
                    help="only measure streaming RTF and chunk latency (results/streaming_cpu.json)")
     args = p.parse_args()
+    if args.malloc_hugepages:
+        from jaxslu.hugepages import reexec_with_malloc_hugepages
+        reexec_with_malloc_hugepages()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     out_dir = Path(args.results)
     if args.streaming_benchmark:
@@ -253,17 +331,25 @@ def main() -> None:
         return
     if len(args.weights) < 3:
         p.error("give at least 3 --weights for the compute/accuracy curve")
-    specs = run_specs(args.weights)
+    all_specs = run_specs(args.weights, args.scale)
+    by_name = {s["name"]: s for s in all_specs}
+    specs = all_specs
     if args.only:
-        unknown = set(args.only) - {s["name"] for s in specs}
+        unknown = set(args.only) - set(by_name)
         if unknown:
-            names = [s["name"] for s in specs]
-            p.error(f"unknown run names {sorted(unknown)}; choose from {names}")
-        specs = [s for s in specs if s["name"] in args.only]
-    workdir = Path(args.workdir) / ("quick" if args.quick else "full")
-    results = [run_one(s, workdir, args.quick) for s in specs]
+            p.error(f"unknown run names {sorted(unknown)}; choose from {list(by_name)}")
+        specs = [by_name[n] for n in args.only]
+    workdir = Path(args.workdir) / ("quick" if args.quick else args.scale)
+    if not args.collect:
+        for s in specs:
+            run_one(s, workdir, args.quick, by_name)
+    results = [json.loads((workdir / s["name"] / "result.json").read_text())
+               for s in all_specs if (workdir / s["name"] / "result.json").exists()]
+    missing = [s["name"] for s in all_specs if not (workdir / s["name"] / "result.json").exists()]
+    if missing:
+        log.info("not finished yet (left out of the results): %s", missing)
     (workdir / "runs.json").write_text(json.dumps(results, indent=2) + "\n")
-    write_results(results, args.quick, out_dir)
+    write_results(results, args.quick, out_dir, args.scale)
 
 
 if __name__ == "__main__":

@@ -24,6 +24,7 @@ from jaxslu.registry import DATASETS
 from jaxslu.train.checkpoint import Checkpointer
 from jaxslu.train.metrics import MetricWriter, format_scalars
 from jaxslu.train.state import ModelSizes, TrainState, param_count
+from jaxslu.train import warm_start
 from jaxslu.train.step import Trainer
 
 log = logging.getLogger("jaxslu")
@@ -140,6 +141,8 @@ def train(cfg: ExperimentConfig, workdir: str | Path, *, progress: bool = True,
         save_config(cfg, workdir / "config.json")
 
     source = open_source(cfg, cfg.data.train_split)
+    if cfg.train.init_from and not warm_start.has_checkpoint(workdir):
+        warm_start.copy_assets(cfg.train.init_from, workdir)
     assets = prepare_assets(cfg, workdir, source)
     trainer = make_trainer(cfg, assets.sizes, devices)
     dp = mesh_lib.data_parallel_size(trainer.mesh)
@@ -162,6 +165,9 @@ def train(cfg: ExperimentConfig, workdir: str | Path, *, progress: bool = True,
         log.info("resumed from step %d of %s", int(state.step), workdir)
     else:
         state = trainer.init_state()
+        if cfg.train.init_from:  # a fresh run: the source's parameters where they fit
+            params, _ = warm_start.warm_start_params(state.params, cfg.train.init_from)
+            state = dataclasses.replace(state, params=params)
         log.info("model %s: %d parameters; objective %s; mesh %s", cfg.model.name,
                  param_count(state.params), cfg.loss, dict(trainer.mesh.shape))
 
