@@ -2,29 +2,35 @@
 
     python scripts/amortized_experiment.py --quick            # tiny models, 60 steps (~15 min)
     python scripts/amortized_experiment.py                    # the real experiment (hours of CPU)
-    python scripts/amortized_experiment.py --scale small      # ~0.75M-param encoders (~2 h, 2 cores)
+    python scripts/amortized_experiment.py --scale small --weights 0.5 2 8 32 --malloc-hugepages
+                                                              # ~0.75M-param encoders (~2 h, 2 cores)
     python scripts/amortized_experiment.py --streaming-benchmark   # RTF / chunk latency only
 
 Runs (each trained with jaxslu.train.loop.train and evaluated with
-jaxslu.train.evaluate.evaluate_workdir in <workdir>/<name>):
-  tt_dense            configs/slurp_transformer_dense.py     (kind "dense")
-  tt_sliding          configs/slurp_transformer_sliding.py   (kind "sliding_window")
-  tt_amortized_w<w>   configs/slurp_transformer_amortized.py (kind "amortized"), one per --weights
-  convrnnt            configs/slurp_convrnnt.py
+jaxslu.train.evaluate.evaluate_workdir in <workdir>/<scale>/<name>; result in result.json there):
+  tt_dense_base       configs/slurp_transformer_dense.py, from scratch (the shared start)
+  tt_dense            configs/slurp_transformer_dense.py     (kind "dense"), from tt_dense_base
+  tt_sliding          configs/slurp_transformer_sliding.py   (kind "sliding_window"), from it
+  tt_amortized_w<w>   configs/slurp_transformer_amortized.py (kind "amortized"), one per
+                      --weights, from it (arbitrators new, trained jointly with the model)
+  convrnnt            configs/slurp_convrnnt.py, from scratch
   lstm_rnnt           configs/spoken_slurp.py, causal LSTM encoder sized like the others
   conformer           configs/spoken_slurp.py, causal Conformer
+The from-scratch encoders train base + fine-tune steps, as many as tt_dense in total (SCALES).
 All use frontend.normalize="none" (streamable).
 
 Outputs:
-  results/amortized_compute.json  [{name, kind, compute_weight, relative_compute, wer, quick}]
+  results/amortized_compute.json  [{name, kind, compute_weight, relative_compute, wer,
+                                    relative_wer_change, component_compute, ..., scale}]
       relative_compute = executed encoder-block FLOPs on the test set / those of tt_dense, counted
       from the GateActivity the Transformer blocks record (attention query side by visible keys,
       FFN, plus the fixed K/V and arbitrator cost) over the valid frames of the real rows. The
       subsampling is identical in all Transformer runs and left out.
-  results/encoders.json  [{name, params, gflops_per_audio_second, wer, quick}]
+  results/encoders.json  [{name, params, gflops_per_audio_second, wer, ..., scale}]
       params: encoder-side parameters; gflops: matmul/conv FLOPs of `encode` per audio second
       (jaxpr count with scan bodies times their length; dense, every gate on).
-  results/amortized_compute.png  WER vs relative compute (if matplotlib is installed).
+  results/amortized_compute.png  relative WER change vs compute saved (if matplotlib is installed).
+  The markdown tables of both are printed at the end.
 `--quick` results carry "quick": true: they prove the pipeline, not the paper's numbers.
 """
 from __future__ import annotations
@@ -220,7 +226,16 @@ def run_one(spec: dict, workdir: Path, quick: bool, specs_by_name: dict | None =
     return result
 
 
-def write_results(results: list[dict], quick: bool, out_dir: Path, scale: str = "full") -> None:
+def _component_compute(block_flops: dict | None) -> dict | None:
+    """executed / dense FLOPs of each gated component (attention, ffn) on the test set."""
+    if not block_flops:
+        return None
+    return {k.split("/", 1)[1]: v / max(block_flops["dense/" + k.split("/", 1)[1]], 1.0)
+            for k, v in block_flops.items() if k.startswith("executed/")} or None
+
+
+def write_results(results: list[dict], quick: bool, out_dir: Path, scale: str = "full") -> str:
+    """Write amortized_compute.json, encoders.json and the plot; return markdown tables."""
     out_dir.mkdir(parents=True, exist_ok=True)
     tag = {"quick": quick, "scale": "quick" if quick else scale}
     dense = next((r for r in results if r["name"] == "tt_dense" and r["block_flops"]), None)
@@ -230,38 +245,66 @@ def write_results(results: list[dict], quick: bool, out_dir: Path, scale: str = 
             continue
         rel = (r["block_flops"]["executed"] / dense["block_flops"]["executed"]
                if dense and r["block_flops"] else None)
+        rel_wer = (r["wer"] / dense["wer"] - 1.0 if dense and dense["wer"] else None)
         compute.append({"name": r["name"], "kind": r["kind"],
                         "compute_weight": r["compute_weight"], "relative_compute": rel,
-                        "wer": r["wer"], "intent_accuracy": r.get("intent_accuracy"),
-                        "component_compute": {
-                            k.split("/", 1)[1]: v / max(r["block_flops"][f"dense/{k.split('/', 1)[1]}"], 1.0)
-                            for k, v in (r["block_flops"] or {}).items()
-                            if k.startswith("executed/")} or None,
+                        "wer": r["wer"], "relative_wer_change": rel_wer, "cer": r.get("cer"),
+                        "intent_accuracy": r.get("intent_accuracy"),
+                        "component_compute": _component_compute(r["block_flops"]),
                         "steps": r.get("steps"), "init_from": r.get("init_from"), **tag})
     encoders = [{"name": r["name"], "params": r["params"],
                  "gflops_per_audio_second": round(r["gflops_per_audio_second"], 4),
-                 "wer": r["wer"], "intent_accuracy": r.get("intent_accuracy"),
+                 "wer": r["wer"], "cer": r.get("cer"), "intent_accuracy": r.get("intent_accuracy"),
                  "steps": r.get("steps"), "init_from": r.get("init_from"), **tag}
                 for r in results if r["name"] in ("convrnnt", "lstm_rnnt", "conformer", "tt_dense")]
     (out_dir / "amortized_compute.json").write_text(json.dumps(compute, indent=2) + "\n")
     (out_dir / "encoders.json").write_text(json.dumps(encoders, indent=2) + "\n")
+
+    def pct(x, signed=False):
+        return "-" if x is None else (f"{100 * x:+.1f}%" if signed else f"{100 * x:.1f}%")
+
+    lines = ["| run | kind | compute weight | relative compute | compute saved | attention / FFN "
+             "executed | WER | relative WER change | intent accuracy |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for r in compute:
+        cc = r["component_compute"] or {}
+        lines.append(f"| {r['name']} | {r['kind']} | {r['compute_weight']:g} | "
+                     f"{'-' if r['relative_compute'] is None else format(r['relative_compute'], '.3f')} | "
+                     f"{pct(None if r['relative_compute'] is None else 1 - r['relative_compute'])} | "
+                     f"{pct(cc.get('attention'))} / {pct(cc.get('ffn'))} | {pct(r['wer'])} | "
+                     f"{pct(r['relative_wer_change'], True)} | {pct(r['intent_accuracy'])} |")
+    lines += ["", "| encoder | params | GFLOPs per audio second | steps | WER | CER | "
+              "intent accuracy |", "|---|---|---|---|---|---|---|"]
+    for r in encoders:
+        steps = f"{r['steps']}" + (f" (+ {r['init_from']})" if r["init_from"] else "")
+        lines.append(f"| {r['name']} | {r['params']:,} | {r['gflops_per_audio_second']:.3f} | "
+                     f"{steps} | {pct(r['wer'])} | {pct(r['cer'])} | {pct(r['intent_accuracy'])} |")
+    tables = "\n".join(lines)
     try:
         import matplotlib
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
         log.warning("matplotlib is not installed: no plot")
-        return
-    fig, ax = plt.subplots(figsize=(5, 3.5))
+        return tables
+    fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    markers = {"dense": "s", "sliding_window": "^", "amortized": "o"}
     for r in compute:
-        if r["relative_compute"] is not None and r["wer"] is not None:
-            ax.scatter(r["relative_compute"], r["wer"], label=r["name"])
-    ax.set_xlabel("encoder FLOPs relative to dense")
-    ax.set_ylabel("WER")
-    ax.set_title("spoken SLURP" + (" (quick run: pipeline check only)" if quick else ""))
-    ax.legend(fontsize=7)
+        if r["relative_compute"] is None or r["relative_wer_change"] is None:
+            continue
+        x, y = 100 * (1 - r["relative_compute"]), 100 * r["relative_wer_change"]
+        ax.scatter(x, y, marker=markers[r["kind"]], s=40)
+        ax.annotate(r["name"].replace("tt_", ""), (x, y), textcoords="offset points",
+                    xytext=(4, 4), fontsize=7)
+    ax.axhline(0, color="0.7", lw=0.8)
+    ax.set_xlabel("encoder compute saved vs dense (%)")
+    ax.set_ylabel("relative WER change vs dense (%)")
+    title = "spoken SLURP, streaming Transformer-transducer"
+    ax.set_title(title + (" (quick: pipeline check only)" if quick else f" ({scale} scale)"),
+                 fontsize=9)
     fig.tight_layout()
     fig.savefig(out_dir / "amortized_compute.png", dpi=120)
+    return tables
 
 
 def streaming_benchmark(chunk_frames: tuple[int, ...] = (16, 32), seconds: float = 4.0,
@@ -349,7 +392,7 @@ def main() -> None:
     if missing:
         log.info("not finished yet (left out of the results): %s", missing)
     (workdir / "runs.json").write_text(json.dumps(results, indent=2) + "\n")
-    write_results(results, args.quick, out_dir, args.scale)
+    print(write_results(results, args.quick, out_dir, args.scale))
 
 
 if __name__ == "__main__":

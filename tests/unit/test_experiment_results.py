@@ -1,0 +1,66 @@
+"""scripts/amortized_experiment.py: the run plan (warm-started Transformer variants, equal step
+budgets) and the results it writes (the issue's JSON fields, relative compute and WER)."""
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def exp():
+    spec = importlib.util.spec_from_file_location("amortized_experiment",
+                                                  ROOT / "scripts" / "amortized_experiment.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _steps(spec):
+    return [int(o.split("=")[1]) for o in spec["overrides"] if o.startswith("train.steps=")][-1]
+
+
+@pytest.mark.parametrize("scale", ["small", "full"])
+def test_run_plan(exp, scale, tmp_path):
+    specs = {s["name"]: s for s in exp.run_specs([0.5, 2.0, 8.0], scale)}
+    sc = exp.SCALES[scale]
+    assert {"tt_dense", "tt_sliding", "tt_amortized_w0.5", "tt_amortized_w8", "convrnnt",
+            "lstm_rnnt", "conformer"} <= set(specs)
+    for name in ("tt_dense", "tt_sliding", "tt_amortized_w2"):
+        assert specs[name]["init_from"] == "tt_dense_base"
+        assert _steps(specs[name]) == sc["finetune_steps"]
+    total = _steps(specs["tt_dense_base"]) + _steps(specs["tt_dense"])
+    for name in ("convrnnt", "lstm_rnnt", "conformer"):
+        assert "init_from" not in specs[name] and _steps(specs[name]) == total
+    cfg = exp.load_run_config(specs["tt_amortized_w2"], quick=False, workdir=tmp_path)
+    assert cfg.loss.endswith("2*compute_cost") and cfg.train.init_from == str(
+        tmp_path / "tt_dense_base")
+    assert cfg.model.encoder.arbitrator_hidden > 0
+
+
+def _result(name, kind, wer, executed, weight=0.0):
+    flops = None if executed is None else {
+        "executed": executed, "executed/attention": executed * 0.25,
+        "dense/attention": 25.0, "executed/ffn": executed * 0.5, "dense/ffn": 50.0}
+    return {"name": name, "kind": kind, "compute_weight": weight, "wer": wer, "cer": wer / 2,
+            "intent_accuracy": 0.5, "params": 10, "gflops_per_audio_second": 0.1,
+            "block_flops": flops, "steps": 6, "init_from": None}
+
+
+def test_results_files(exp, tmp_path):
+    results = [_result("tt_dense", "dense", 0.40, 100.0),
+               _result("tt_amortized_w2", "amortized", 0.42, 40.0, 2.0),
+               _result("conformer", "encoder", 0.38, None)]
+    tables = exp.write_results(results, quick=False, out_dir=tmp_path, scale="small")
+    rows = {r["name"]: r for r in json.loads((tmp_path / "amortized_compute.json").read_text())}
+    am = rows["tt_amortized_w2"]
+    assert am["relative_compute"] == pytest.approx(0.4)
+    assert am["relative_wer_change"] == pytest.approx(0.05)
+    assert am["compute_weight"] == 2.0 and am["kind"] == "amortized" and am["scale"] == "small"
+    assert am["component_compute"] == pytest.approx({"attention": 0.4, "ffn": 0.4})
+    encoders = {r["name"]: r for r in json.loads((tmp_path / "encoders.json").read_text())}
+    assert set(encoders) == {"tt_dense", "conformer"}
+    assert {"params", "gflops_per_audio_second", "wer"} <= set(encoders["conformer"])
+    assert "| tt_amortized_w2 | amortized | 2 | 0.400 | 60.0% |" in tables
