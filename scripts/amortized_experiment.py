@@ -276,7 +276,8 @@ def write_results(results: list[dict], quick: bool, out_dir: Path, scale: str = 
     lines += ["", "| encoder | params | GFLOPs per audio second | steps | WER | CER | "
               "intent accuracy |", "|---|---|---|---|---|---|---|"]
     for r in encoders:
-        steps = f"{r['steps']}" + (f" (+ {r['init_from']})" if r["init_from"] else "")
+        source = next((x for x in results if x["name"] == r["init_from"]), None)
+        steps = (f"{source['steps']} + {r['steps']}" if source else str(r["steps"]))
         lines.append(f"| {r['name']} | {r['params']:,} | {r['gflops_per_audio_second']:.3f} | "
                      f"{steps} | {pct(r['wer'])} | {pct(r['cer'])} | {pct(r['intent_accuracy'])} |")
     tables = "\n".join(lines)
