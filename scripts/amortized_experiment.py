@@ -234,21 +234,57 @@ def _component_compute(block_flops: dict | None) -> dict | None:
             for k, v in block_flops.items() if k.startswith("executed/")} or None
 
 
-def write_results(results: list[dict], quick: bool, out_dir: Path, scale: str = "full") -> str:
+def utterance_errors(workdir: Path, split: str = "test") -> dict[str, tuple[int, int]]:
+    """Per-utterance (word errors, reference words) from a run's predictions_<split>.jsonl."""
+    from jaxslu.text.metrics import edit_distance, normalize_text
+
+    out = {}
+    path = workdir / f"predictions_{split}.jsonl"
+    if not path.exists():
+        return out
+    for line in path.read_text().splitlines():
+        row = json.loads(line)
+        out[row["id"]] = edit_distance(normalize_text(row["ref"]).split(),
+                                       normalize_text(row["hyp"]).split())
+    return out
+
+
+def paired_bootstrap(base: dict, other: dict, samples: int = 2000, seed: int = 0
+                     ) -> tuple[float, float] | None:
+    """95% interval of WER(other) / WER(base) - 1 over utterances resampled with replacement
+    (the same resample for both runs: the test set's sampling noise, paired)."""
+    ids = sorted(set(base) & set(other))
+    if not ids:
+        return None
+    b = np.array([base[i] for i in ids], np.float64)
+    o = np.array([other[i][0] for i in ids], np.float64)
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, len(ids), (samples, len(ids)))
+    ratio = o[idx].sum(1) / np.maximum(b[idx, 0].sum(1), 1.0) - 1.0
+    lo, hi = np.percentile(ratio, [2.5, 97.5])
+    return float(lo), float(hi)
+
+
+def write_results(results: list[dict], quick: bool, out_dir: Path, scale: str = "full",
+                  workdir: Path | None = None) -> str:
     """Write amortized_compute.json, encoders.json and the plot; return markdown tables."""
     out_dir.mkdir(parents=True, exist_ok=True)
     tag = {"quick": quick, "scale": "quick" if quick else scale}
     dense = next((r for r in results if r["name"] == "tt_dense" and r["block_flops"]), None)
+    dense_errors = utterance_errors(workdir / "tt_dense") if workdir and dense else {}
     compute = []
     for r in results:
         if r["kind"] not in ("dense", "sliding_window", "amortized"):
             continue
+        interval = (paired_bootstrap(dense_errors, utterance_errors(workdir / r["name"]))
+                    if dense_errors and r["name"] != "tt_dense" else None)
         rel = (r["block_flops"]["executed"] / dense["block_flops"]["executed"]
                if dense and r["block_flops"] else None)
         rel_wer = (r["wer"] / dense["wer"] - 1.0 if dense and dense["wer"] else None)
         compute.append({"name": r["name"], "kind": r["kind"],
                         "compute_weight": r["compute_weight"], "relative_compute": rel,
-                        "wer": r["wer"], "relative_wer_change": rel_wer, "cer": r.get("cer"),
+                        "wer": r["wer"], "relative_wer_change": rel_wer,
+                        "relative_wer_change_95ci": interval, "cer": r.get("cer"),
                         "intent_accuracy": r.get("intent_accuracy"),
                         "component_compute": _component_compute(r["block_flops"]),
                         "steps": r.get("steps"), "init_from": r.get("init_from"), **tag})
@@ -264,7 +300,7 @@ def write_results(results: list[dict], quick: bool, out_dir: Path, scale: str = 
         return "-" if x is None else (f"{100 * x:+.1f}%" if signed else f"{100 * x:.1f}%")
 
     lines = ["| run | kind | compute weight | relative compute | compute saved | attention / FFN "
-             "executed | WER | relative WER change | intent accuracy |",
+             "executed | WER | relative WER change (95% CI) | intent accuracy |",
              "|---|---|---|---|---|---|---|---|---|"]
     for r in compute:
         cc = r["component_compute"] or {}
@@ -272,7 +308,10 @@ def write_results(results: list[dict], quick: bool, out_dir: Path, scale: str = 
                      f"{'-' if r['relative_compute'] is None else format(r['relative_compute'], '.3f')} | "
                      f"{pct(None if r['relative_compute'] is None else 1 - r['relative_compute'])} | "
                      f"{pct(cc.get('attention'))} / {pct(cc.get('ffn'))} | {pct(r['wer'])} | "
-                     f"{pct(r['relative_wer_change'], True)} | {pct(r['intent_accuracy'])} |")
+                     f"{pct(r['relative_wer_change'], True)}"
+                     + (f" ({pct(ci[0], True)} .. {pct(ci[1], True)})"
+                        if (ci := r["relative_wer_change_95ci"]) else "")
+                     + f" | {pct(r['intent_accuracy'])} |")
     lines += ["", "| encoder | params | GFLOPs per audio second | steps | WER | CER | "
               "intent accuracy |", "|---|---|---|---|---|---|---|"]
     for r in encoders:
@@ -393,7 +432,7 @@ def main() -> None:
     if missing:
         log.info("not finished yet (left out of the results): %s", missing)
     (workdir / "runs.json").write_text(json.dumps(results, indent=2) + "\n")
-    print(write_results(results, args.quick, out_dir, args.scale))
+    print(write_results(results, args.quick, out_dir, args.scale, workdir))
 
 
 if __name__ == "__main__":

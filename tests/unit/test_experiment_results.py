@@ -64,3 +64,11 @@ def test_results_files(exp, tmp_path):
     assert set(encoders) == {"tt_dense", "conformer"}
     assert {"params", "gflops_per_audio_second", "wer"} <= set(encoders["conformer"])
     assert "| tt_amortized_w2 | amortized | 2 | 0.400 | 60.0% |" in tables
+
+
+def test_paired_bootstrap(exp):
+    base = {f"u{i}": (i % 3, 5) for i in range(40)}
+    assert exp.paired_bootstrap(base, base) == (0.0, 0.0)
+    worse = {k: (e + 1, n) for k, (e, n) in base.items()}
+    lo, hi = exp.paired_bootstrap(base, worse)
+    assert 0.5 < lo <= hi  # 40 extra errors on 40 base errors: +100%, every resample > 0
