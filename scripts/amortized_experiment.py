@@ -86,8 +86,13 @@ SCALES = {
 FINETUNE_OPTIM = ["optim.learning_rate=5e-4", "optim.warmup_steps=50"]
 
 
-def run_specs(weights: list[float], scale: str = "full") -> list[dict]:
-    """name, config file, overrides, kind, compute weight and warm-start source of every run."""
+def run_specs(weights: list[float], scale: str = "full", seed: int = 0) -> list[dict]:
+    """name, config file, overrides, kind, compute weight and warm-start source of every run.
+
+    seed != 0: the same runs with `seed=<seed>` (initialization of new layers, dropout, Gumbel
+    noise, data order), named `<run>_s<seed>`; the Transformer variants still start from the
+    seed-0 `tt_dense_base`, so the spread between seeds is that of the phase the variants differ
+    in."""
     sc = SCALES[scale]
     streamable = ["frontend.normalize=none", "model.encoder.causal=True"]
     base = sc["common"] + sc["tt"]
@@ -114,6 +119,10 @@ def run_specs(weights: list[float], scale: str = "full") -> list[dict]:
         dict(name="conformer", config="spoken_slurp.py", kind="encoder",
              overrides=streamable + sc["common"] + sc["conformer"] + scratch),
     ]
+    if seed:
+        specs = [s if s["kind"] == "base" else
+                 {**s, "name": f"{s['name']}_s{seed}", "overrides": s["overrides"] + [f"seed={seed}"]}
+                 for s in specs]
     return specs
 
 
@@ -266,18 +275,21 @@ def paired_bootstrap(base: dict, other: dict, samples: int = 2000, seed: int = 0
 
 
 def write_results(results: list[dict], quick: bool, out_dir: Path, scale: str = "full",
-                  workdir: Path | None = None) -> str:
-    """Write amortized_compute.json, encoders.json and the plot; return markdown tables."""
+                  workdir: Path | None = None, seed: int = 0) -> str:
+    """Write amortized_compute.json, encoders.json and the plot (with `_seed<seed>` in the file
+    names for seed != 0); return markdown tables."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    tag = {"quick": quick, "scale": "quick" if quick else scale}
-    dense = next((r for r in results if r["name"] == "tt_dense" and r["block_flops"]), None)
-    dense_errors = utterance_errors(workdir / "tt_dense") if workdir and dense else {}
+    tag = {"quick": quick, "scale": "quick" if quick else scale, "seed": seed}
+    sfx = f"_s{seed}" if seed else ""
+    files = f"_seed{seed}" if seed else ""
+    dense = next((r for r in results if r["name"] == "tt_dense" + sfx and r["block_flops"]), None)
+    dense_errors = (utterance_errors(workdir / dense["name"]) if workdir and dense else {})
     compute = []
     for r in results:
         if r["kind"] not in ("dense", "sliding_window", "amortized"):
             continue
         interval = (paired_bootstrap(dense_errors, utterance_errors(workdir / r["name"]))
-                    if dense_errors and r["name"] != "tt_dense" else None)
+                    if dense_errors and r["name"] != dense["name"] else None)
         rel = (r["block_flops"]["executed"] / dense["block_flops"]["executed"]
                if dense and r["block_flops"] else None)
         rel_wer = (r["wer"] / dense["wer"] - 1.0 if dense and dense["wer"] else None)
@@ -292,9 +304,11 @@ def write_results(results: list[dict], quick: bool, out_dir: Path, scale: str = 
                  "gflops_per_audio_second": round(r["gflops_per_audio_second"], 4),
                  "wer": r["wer"], "cer": r.get("cer"), "intent_accuracy": r.get("intent_accuracy"),
                  "steps": r.get("steps"), "init_from": r.get("init_from"), **tag}
-                for r in results if r["name"] in ("convrnnt", "lstm_rnnt", "conformer", "tt_dense")]
-    (out_dir / "amortized_compute.json").write_text(json.dumps(compute, indent=2) + "\n")
-    (out_dir / "encoders.json").write_text(json.dumps(encoders, indent=2) + "\n")
+                for r in results
+                if r["name"] in [n + sfx for n in ("convrnnt", "lstm_rnnt", "conformer", "tt_dense")]]
+    (out_dir / f"amortized_compute{files}.json").write_text(json.dumps(compute, indent=2) + "\n")
+    if encoders:
+        (out_dir / f"encoders{files}.json").write_text(json.dumps(encoders, indent=2) + "\n")
 
     def pct(x, signed=False):
         return "-" if x is None else (f"{100 * x:+.1f}%" if signed else f"{100 * x:.1f}%")
@@ -343,7 +357,7 @@ def write_results(results: list[dict], quick: bool, out_dir: Path, scale: str = 
     ax.set_title(title + (" (quick: pipeline check only)" if quick else f" ({scale} scale)"),
                  fontsize=9)
     fig.tight_layout()
-    fig.savefig(out_dir / "amortized_compute.png", dpi=120)
+    fig.savefig(out_dir / f"amortized_compute{files}.png", dpi=120)
     return tables
 
 
@@ -391,6 +405,9 @@ def main() -> None:
     p.add_argument("--only", nargs="+", default=None,
                    help="run only these runs, in this order (plus the base they start from); "
                         "two processes with disjoint --only lists can share the workdir")
+    p.add_argument("--seed", type=int, default=0,
+                   help="another training seed of the same runs (named <run>_s<seed>; results "
+                        "in amortized_compute_seed<seed>.json)")
     p.add_argument("--collect", action="store_true",
                    help="train nothing: write the results from the finished runs in the workdir")
     p.add_argument("--malloc-hugepages", action="store_true",
@@ -414,7 +431,7 @@ def main() -> None:
         return
     if len(args.weights) < 3:
         p.error("give at least 3 --weights for the compute/accuracy curve")
-    all_specs = run_specs(args.weights, args.scale)
+    all_specs = run_specs(args.weights, args.scale, args.seed)
     by_name = {s["name"]: s for s in all_specs}
     specs = all_specs
     if args.only:
@@ -432,7 +449,7 @@ def main() -> None:
     if missing:
         log.info("not finished yet (left out of the results): %s", missing)
     (workdir / "runs.json").write_text(json.dumps(results, indent=2) + "\n")
-    print(write_results(results, args.quick, out_dir, args.scale, workdir))
+    print(write_results(results, args.quick, out_dir, args.scale, workdir, args.seed))
 
 
 if __name__ == "__main__":

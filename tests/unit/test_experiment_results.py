@@ -72,3 +72,11 @@ def test_paired_bootstrap(exp):
     worse = {k: (e + 1, n) for k, (e, n) in base.items()}
     lo, hi = exp.paired_bootstrap(base, worse)
     assert 0.5 < lo <= hi  # 40 extra errors on 40 base errors: +100%, every resample > 0
+
+
+def test_seed_runs(exp, tmp_path):
+    specs = {s["name"]: s for s in exp.run_specs([2.0, 8.0, 32.0], "small", seed=1)}
+    assert "tt_dense_base" in specs and "seed=1" not in specs["tt_dense_base"]["overrides"]
+    am = specs["tt_amortized_w8_s1"]
+    assert am["init_from"] == "tt_dense_base" and am["overrides"][-1] == "seed=1"
+    assert exp.load_run_config(am, quick=False, workdir=tmp_path).seed == 1
