@@ -307,7 +307,7 @@ def write_results(results: list[dict], quick: bool, out_dir: Path, scale: str = 
                 for r in results
                 if r["name"] in [n + sfx for n in ("convrnnt", "lstm_rnnt", "conformer", "tt_dense")]]
     (out_dir / f"amortized_compute{files}.json").write_text(json.dumps(compute, indent=2) + "\n")
-    if encoders:
+    if any(not r["name"].startswith("tt_") for r in encoders):
         (out_dir / f"encoders{files}.json").write_text(json.dumps(encoders, indent=2) + "\n")
 
     def pct(x, signed=False):
