@@ -133,7 +133,7 @@ def load_run_config(spec: dict, quick: bool, workdir: Path | None = None):
     if quick:
         # tiny variants: drop the size overrides, keep the structure (warm start included)
         overrides = [o for o in overrides if o.startswith(("frontend.", "model.encoder.kind",
-                                                           "model.encoder.causal"))]
+                                                           "model.encoder.causal", "seed="))]
         overrides += QUICK_OVERRIDES
         if spec["kind"] == "amortized":
             overrides += QUICK_AMORTIZED_OVERRIDES

@@ -44,6 +44,16 @@ class Checkpointer:
         restored = self.manager.restore(step, args=ocp.args.Composite(**args))
         return restored["state"], restored.get("data") or None, restored["meta"]
 
+    def restore_state_tree(self, step: int | None = None) -> tuple[Any, int]:
+        """The saved train state as orbax wrote it (nested dicts of arrays, no target structure
+        needed), and its step: for reading another model's parameters (warm start)."""
+        step = self.latest_step() if step is None else step
+        if step is None:
+            raise FileNotFoundError(f"no checkpoint in {self.directory}")
+        restored = self.manager.restore(step, args=ocp.args.Composite(
+            state=ocp.args.StandardRestore()))
+        return restored["state"], step
+
     def wait(self) -> None:
         self.manager.wait_until_finished()
 

@@ -11,12 +11,14 @@ Resuming the new run later restores its own checkpoints; `init_from` is then ign
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 from pathlib import Path
 
 import jax
 import numpy as np
-import orbax.checkpoint as ocp
+
+from jaxslu.train.checkpoint import Checkpointer
 
 log = logging.getLogger(__name__)
 
@@ -49,36 +51,33 @@ def has_checkpoint(workdir: Path) -> bool:
     return ckpt.is_dir() and any(p.name.isdigit() for p in ckpt.iterdir())
 
 
-def _checkpoint_dir(source: Path) -> Path:
-    ckpt = source / "checkpoints"
-    if not ckpt.is_dir():
-        raise FileNotFoundError(f"train.init_from={str(source)!r} has no checkpoints/ folder; "
-                                "point it at the workdir of a run that saved a checkpoint")
-    return ckpt
-
-
 def copy_assets(source: str | Path, workdir: Path) -> None:
-    """Use the source run's tokenizer and label vocabularies (the output layers depend on them)."""
+    """Use the source run's tokenizer and label vocabularies (the output layers depend on them).
+    Every process copies (same bytes; written under a temporary name and renamed), so none can
+    read a half-written file or build its own."""
     source = Path(source)
     for name in ASSET_FILES:
         src, dst = source / name, workdir / name
         if not src.exists():
             raise FileNotFoundError(f"train.init_from={str(source)!r} has no {name}; point it at "
                                     "the workdir of a jaxslu run")
-        if not dst.exists() and jax.process_index() == 0:
-            shutil.copyfile(src, dst)
+        if not dst.exists():
+            tmp = dst.with_name(f".{name}.{jax.process_index()}.tmp")
+            shutil.copyfile(src, tmp)
+            os.replace(tmp, dst)
 
 
-def load_source_params(source: str | Path, step: int | None = None) -> tuple[dict, int]:
-    """Flat params of the source run's checkpoint (latest step unless given), as numpy arrays."""
-    ckpt_dir = _checkpoint_dir(Path(source))
-    with ocp.CheckpointManager(ckpt_dir.absolute()) as manager:
-        step = manager.latest_step() if step is None else step
-        if step is None:
-            raise FileNotFoundError(f"train.init_from={str(source)!r}: no checkpoint saved yet")
-        restored = manager.restore(step, args=ocp.args.Composite(
-            state=ocp.args.StandardRestore()))
-    state = restored["state"]
+def load_source_params(source: str | Path) -> tuple[dict, int]:
+    """Flat params of the source run's latest checkpoint, as numpy arrays, and its step."""
+    source = Path(source)
+    if not has_checkpoint(source):
+        raise FileNotFoundError(f"train.init_from={str(source)!r} has no saved checkpoint; point "
+                                "it at the workdir of a run that saved one")
+    ckpt = Checkpointer(source / "checkpoints", async_save=False)
+    try:
+        state, step = ckpt.restore_state_tree()
+    finally:
+        ckpt.close()
     params = state["params"] if isinstance(state, dict) else state.params
     return {k: np.asarray(v) for k, v in flat_params(params).items()}, step
 

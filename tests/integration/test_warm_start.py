@@ -74,3 +74,14 @@ def test_warm_start_from_a_folder_without_checkpoints(tmp_path):
     with pytest.raises(FileNotFoundError, match="tokenizer.model"):
         train(_cfg(f"train.init_from={tmp_path / 'empty'}"), tmp_path / "run", progress=False,
               devices=ONE_DEVICE)
+
+
+def test_warm_start_from_a_run_without_checkpoint(source, tmp_path):
+    src_dir, _ = source
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    for name in ("tokenizer.model", "labels.json"):
+        (bare / name).write_bytes((src_dir / name).read_bytes())
+    with pytest.raises(FileNotFoundError, match="no saved checkpoint"):
+        train(_cfg(f"train.init_from={bare}"), tmp_path / "run", progress=False,
+              devices=ONE_DEVICE)

@@ -80,3 +80,12 @@ def test_seed_runs(exp, tmp_path):
     am = specs["tt_amortized_w8_s1"]
     assert am["init_from"] == "tt_dense_base" and am["overrides"][-1] == "seed=1"
     assert exp.load_run_config(am, quick=False, workdir=tmp_path).seed == 1
+
+
+def test_quick_plan_loads(exp, tmp_path):
+    """--quick keeps the plan's structure (warm starts, weights, seeds) on the tiny variants."""
+    for spec in exp.run_specs([2.0, 8.0, 32.0], "small", seed=1):
+        cfg = exp.load_run_config(spec, quick=True, workdir=tmp_path)
+        assert cfg.train.steps == 60
+        assert (cfg.train.init_from is not None) == bool(spec.get("init_from"))
+        assert cfg.seed == (0 if spec["kind"] == "base" else 1)
