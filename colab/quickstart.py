@@ -56,7 +56,8 @@ print(f"{int(result.state.step)} steps in {result.seconds:.0f} s on {jax.devices
 # ## Evaluate and transcribe
 
 # %%
-from jaxslu.train.evaluate import Transcriber, evaluate_workdir, print_report
+from jaxslu.eval import evaluate_workdir, print_report
+from jaxslu.slu import Transcriber
 
 report = evaluate_workdir(workdir)["test"]
 print_report(report)

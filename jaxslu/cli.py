@@ -4,6 +4,7 @@
     jaxslu train --config configs/fsdd_slu.py --workdir runs/fsdd [--set optim.learning_rate=2e-3]
     jaxslu eval --workdir runs/fsdd [--split test]
     jaxslu transcribe --workdir runs/fsdd a.wav b.flac
+    jaxslu nlu --workdir runs/nlu [FILE]          label text, one utterance per line
     jaxslu synth-slurp --out DIR                  render the spoken SLURP corpus
 """
 from __future__ import annotations
@@ -53,7 +54,7 @@ def cmd_train(args) -> int:
 
 
 def cmd_eval(args) -> int:
-    from jaxslu.train.evaluate import evaluate_workdir, print_report
+    from jaxslu.eval import evaluate_workdir, print_report
     reports = evaluate_workdir(args.workdir, splits=[args.split] if args.split else None,
                                overrides=args.overrides, output=args.output)
     for split, report in reports.items():
@@ -62,17 +63,59 @@ def cmd_eval(args) -> int:
 
 
 def cmd_transcribe(args) -> int:
-    from jaxslu.train.evaluate import Transcriber
+    from jaxslu.slu.evaluate import Transcriber
     transcriber = Transcriber.from_workdir(args.workdir)
+    failed = 0
     for line in transcriber.transcribe_files(args.files):
+        failed += "error" in line
         print(json.dumps(line), flush=True)
+    if failed:
+        print(f"jaxslu transcribe: {failed} of {len(args.files)} file(s) could not be transcribed "
+              "(see their \"error\" lines)", file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_nlu(args) -> int:
+    """Label utterances (one per line of FILE or stdin) with a trained NLU run: JSON lines."""
+    import jax
+
+    from jaxslu.eval.run import LoadedRun
+    from jaxslu.nlu.evaluate import NluPredictor, load_threshold, read_lines
+
+    run = LoadedRun.from_workdir(args.workdir, devices=jax.devices()[:1])
+    if run.cfg.task != "nlu":
+        raise ValueError(f"{args.workdir} holds a {run.cfg.task!r} run, not an nlu one")
+    predictor = NluPredictor(run, load_threshold(args.workdir))
+    failed = 0
+    pending: list[tuple[int, str]] = []
+
+    def flush():
+        for (_, _), row in zip(pending, predictor.predict_texts([t for _, t in pending])):
+            print(json.dumps(row), flush=True)
+        pending.clear()
+
+    for n, text, error in read_lines(args.file):
+        if error is not None:
+            flush()
+            failed += 1
+            print(json.dumps({"line": n, "error": error}), flush=True)
+            continue
+        pending.append((n, text))
+        if len(pending) >= run.cfg.data.eval_batch_size:
+            flush()
+    flush()
+    if failed:
+        print(f"jaxslu nlu: {failed} line(s) could not be labelled (see their \"error\" lines)",
+              file=sys.stderr)
+        return 1
     return 0
 
 
 def cmd_demo(args) -> int:
     """Train the end-to-end SLU transducer on bundled FSDD, evaluate, print and write the report."""
     from jaxslu.config import load_config
-    from jaxslu.train.evaluate import evaluate_workdir, print_report
+    from jaxslu.eval import evaluate_workdir, print_report
     from jaxslu.train.loop import train
     config = REPO_ROOT / "configs" / "fsdd_slu.py"
     cfg = load_config(config, args.variant, args.overrides)
@@ -125,6 +168,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workdir", required=True)
     p.add_argument("files", nargs="+")
     p.set_defaults(func=cmd_transcribe)
+
+    p = sub.add_parser("nlu", help="domain, intent, slots and in-scope flag for text (JSON lines)")
+    p.add_argument("--workdir", required=True)
+    p.add_argument("file", nargs="?", default=None, help="one utterance per line (default stdin)")
+    p.set_defaults(func=cmd_nlu)
 
     p = sub.add_parser("demo", help="train and evaluate the FSDD spoken-digit SLU transducer")
     p.add_argument("--workdir", default="runs/fsdd_demo")

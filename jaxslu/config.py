@@ -85,20 +85,26 @@ class OptimConfig:
     b1: float = 0.9
     b2: float = 0.98
     clip_norm: float = 1.0
+    # Parameter groups with their own optimizer settings, matched in order by a regular
+    # expression on the parameter path ("encoder/layers/0/attn/query/kernel"); unmatched
+    # parameters use the settings above. Each group is a dict with "name", "pattern" and any of
+    # "learning_rate", "weight_decay", "b1", "b2", "frozen" (no update) and "maximize" (gradient
+    # *ascent* on the objective: the adversary of a min-max game). Example:
+    #   groups=({"name": "adversary", "pattern": "^adversary/", "maximize": True,
+    #            "learning_rate": 1e-3},)
+    groups: tuple = ()
 
 
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
     steps: int = 2000
     log_every: int = 50
-    eval_every: int = 0  # 0: only at the end
     checkpoint_every: int = 500
     keep_checkpoints: int = 3
     # What a non-finite loss does: "stop" raises after restoring nothing (the last good
     # checkpoint stays as it is); "skip" drops that update and counts it.
     on_nan: str = "stop"
     max_skipped_updates: int = 10
-    profile: bool = False
     # Warm start: workdir of another run whose latest parameters (matched by path and shape) and
     # tokenizer / label vocabularies a fresh run starts from (jaxslu.train.warm_start).
     init_from: str | None = None
@@ -134,13 +140,22 @@ class EvalConfig:
     decode: str = "greedy"  # "greedy" or "beam"
     beam_size: int = 4
     max_symbols_per_frame: int = 3
-    per_speaker: bool = True
+    # Evaluator (jaxslu.registry.EVALUATORS); "" -> the task's own.
+    evaluator: str = ""
+    # Per-example records (predictions_<split>.jsonl) next to each report.
+    write_predictions: bool = True
+    # Evaluator-specific options (e.g. the NLU evaluator's out-of-scope threshold selection).
+    options: dict = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass(frozen=True)
 class ExperimentConfig:
     name: str
     model: Any  # a registered model config dataclass (has a `name` field)
+    # The task (jaxslu.registry.TASKS): owns featurization/collation, assets (tokenizer, label
+    # vocabularies), the model's constructor arguments, data checks and the default evaluator.
+    task: str = "transducer_slu"
+    task_options: dict = dataclasses.field(default_factory=dict)
     loss: str = "rnnt"  # the objective: "rnnt + 0.3*intent_ce + 0.5*slot_ce"
     loss_options: dict = dataclasses.field(default_factory=dict)  # term name -> kwargs
     data: DataConfig = DataConfig()

@@ -1,4 +1,5 @@
-"""Name -> factory registries: how models, loss terms and data sources meet a config.
+"""Name -> factory registries: how tasks, models, loss terms, data sources and evaluators meet a
+config.
 
 A new model, loss term or data source plugs in by registering itself under a name; configs refer
 to it by that name, and no training code changes:
@@ -70,6 +71,11 @@ class Registry(Generic[T]):
         return name in self._entries
 
 
-MODELS: Registry[Any] = Registry("model", providers=("jaxslu.models",))
-LOSSES: Registry[Any] = Registry("loss", providers=("jaxslu.losses",))
-DATASETS: Registry[Any] = Registry("dataset", providers=("jaxslu.data",))
+# Task families register their tasks, models, loss terms, sources and evaluators when imported.
+FAMILIES = ("jaxslu.slu", "jaxslu.nlu")
+
+TASKS: Registry[Any] = Registry("task", providers=FAMILIES)
+EVALUATORS: Registry[Any] = Registry("evaluator", providers=FAMILIES)
+MODELS: Registry[Any] = Registry("model", providers=("jaxslu.models",) + FAMILIES)
+LOSSES: Registry[Any] = Registry("loss", providers=("jaxslu.losses",) + FAMILIES)
+DATASETS: Registry[Any] = Registry("dataset", providers=("jaxslu.data",) + FAMILIES)

@@ -7,7 +7,7 @@
     python scripts/amortized_experiment.py --streaming-benchmark   # RTF / chunk latency only
 
 Runs (each trained with jaxslu.train.loop.train and evaluated with
-jaxslu.train.evaluate.evaluate_workdir in <workdir>/<scale>/<name>; result in result.json there):
+jaxslu.eval.evaluate_workdir in <workdir>/<scale>/<name>; result in result.json there):
   tt_dense_base       configs/slurp_transformer_dense.py, from scratch (the shared start)
   tt_dense            configs/slurp_transformer_dense.py     (kind "dense"), from tt_dense_base
   tt_sliding          configs/slurp_transformer_sliding.py   (kind "sliding_window"), from it
@@ -153,10 +153,9 @@ def load_run_config(spec: dict, quick: bool, workdir: Path | None = None):
 def block_flops_on_split(run, split: str) -> dict[str, float] | None:
     """Executed and dense encoder-block FLOPs over `split` from the recorded GateActivity (None
     for models without gate-recording blocks)."""
-    from jaxslu.data.pipeline import make_batches
     from jaxslu.layers.amortized import GateActivity, executed_and_dense_flops
     from jaxslu.losses import intermediates_of
-    from jaxslu.train.loop import open_source
+    from jaxslu.slu.batching import make_audio_batches
 
     cfg = run.cfg
     graphdef = run.graphdef
@@ -171,10 +170,10 @@ def block_flops_on_split(run, split: str) -> dict[str, float] | None:
             return {}
         return executed_and_dense_flops(acts, weight)
 
-    batches = make_batches(open_source(cfg, split), tokenizer=run.assets.tokenizer,
-                           vocab=run.assets.vocab, data_cfg=cfg.data,
-                           sample_rate=cfg.frontend.sample_rate, train=False, seed=cfg.seed,
-                           frames_fn=None)
+    batches = make_audio_batches(run.task.open_source(split), tokenizer=run.assets.tokenizer,
+                                 vocab=run.assets.vocab, data_cfg=cfg.data,
+                                 sample_rate=cfg.frontend.sample_rate, train=False,
+                                 seed=cfg.seed, frames_fn=None)
     totals: dict[str, float] = {}
     for batch in batches:
         out = jax.device_get(count(run.params, jnp.asarray(batch["audio"]),
@@ -195,7 +194,7 @@ def run_one(spec: dict, workdir: Path, quick: bool, specs_by_name: dict | None =
     and a finished run is not trained or evaluated again. A warm-started run first makes sure its
     source run is finished."""
     from jaxslu.models.streaming import encoder_flops_per_second, encoder_param_count
-    from jaxslu.train.evaluate import LoadedRun, evaluate_workdir
+    from jaxslu.eval import LoadedRun, evaluate_workdir
     from jaxslu.train.loop import train
 
     wd = workdir / spec["name"]
@@ -369,7 +368,8 @@ def streaming_benchmark(chunk_frames: tuple[int, ...] = (16, 32), seconds: float
     logit 3), so its figure is the worst case: gating overhead without any skipping)."""
     from jaxslu.config import load_config
     from jaxslu.decoding.streaming import StreamingDecoder
-    from jaxslu.train.state import ModelSizes, build_model
+    from jaxslu.slu.task import transducer_model_kwargs
+    from jaxslu.train.state import build_model
 
     rng = np.random.default_rng(0)
     audio = rng.normal(0, 0.1, (1, int(seconds * 16000))).astype(np.float32)
@@ -378,7 +378,7 @@ def streaming_benchmark(chunk_frames: tuple[int, ...] = (16, 32), seconds: float
     for name in ("slurp_convrnnt", "slurp_transformer_dense", "slurp_transformer_sliding",
                  "slurp_transformer_amortized"):
         cfg = load_config(ROOT / "configs" / f"{name}.py")
-        model = build_model(cfg, ModelSizes(vocab_size=256, num_intents=18, num_slot_tags=111))
+        model = build_model(cfg, transducer_model_kwargs(cfg, 256, 18, 111))
         for chunk in chunk_frames:
             dec = StreamingDecoder(model, chunk_frames=chunk)
             passes = [dec.decode(audio, lengths) for _ in range(repeats)]

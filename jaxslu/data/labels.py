@@ -32,6 +32,8 @@ class Vocabularies:
     intents: list[str]
     tags: list[str]
     speakers: list[str]
+    # Domains (scenarios) of text NLU corpora, from meta["domain"]; empty where there are none.
+    domains: list[str] = dataclasses.field(default_factory=list)
     # name -> how often an unknown label was looked up (not saved)
     unknown: collections.Counter = dataclasses.field(default_factory=collections.Counter,
                                                      compare=False, repr=False)
@@ -42,29 +44,35 @@ class Vocabularies:
         self._intent_index = {n: k for k, n in enumerate(self.intents)}
         self._tag_index = {n: k for k, n in enumerate(self.tags)}
         self._speaker_index = {n: k for k, n in enumerate(self.speakers)}
+        self._domain_index = {n: k for k, n in enumerate(self.domains)}
 
     # -- construction and persistence --------------------------------------------------------
 
     @classmethod
-    def from_source(cls, source: Any) -> "Vocabularies":
-        """Collect intents, entity types and speakers from `source.metadata(i)` for every i."""
-        intents, types, speakers = set(), set(), set()
+    def from_source(cls, source: Any, exclude_intents: Sequence[str] = ()) -> "Vocabularies":
+        """Collect intents, entity types, speakers and domains from `source.metadata(i)` for
+        every i. `exclude_intents` (e.g. an out-of-scope label) are left out of the intents."""
+        intents, types, speakers, domains = set(), set(), set(), set()
+        excluded = set(exclude_intents)
         for i in range(len(source)):
             m = source.metadata(i)
-            if m.get("intent") is not None:
+            if m.get("intent") is not None and m["intent"] not in excluded:
                 intents.add(m["intent"])
+                if (m.get("meta") or {}).get("domain") is not None:
+                    domains.add(m["meta"]["domain"])
             types.update(e["type"] for e in m.get("entities", []))
             if m.get("speaker"):
                 speakers.add(m["speaker"])
         tags = [OUTSIDE] + [f"{p}-{t}" for t in sorted(types) for p in ("B", "I")]
-        return cls(sorted(intents), tags, sorted(speakers))
+        return cls(sorted(intents), tags, sorted(speakers), sorted(domains))
 
     def save(self, path: str | Path) -> None:
         """Write JSON atomically (temp file + rename), so a crash never leaves half a file."""
         path = Path(path)
         tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
         tmp.write_text(json.dumps({"intents": self.intents, "tags": self.tags,
-                                   "speakers": self.speakers}, indent=1) + "\n")
+                                   "speakers": self.speakers, "domains": self.domains},
+                                  indent=1) + "\n")
         tmp.replace(path)
 
     @classmethod
@@ -77,7 +85,8 @@ class Vocabularies:
         missing = [k for k in ("intents", "tags", "speakers") if k not in d]
         if missing:
             raise ValueError(f"{str(path)!r} lacks {missing}: not a jaxslu labels.json")
-        return cls(list(d["intents"]), list(d["tags"]), list(d["speakers"]))
+        return cls(list(d["intents"]), list(d["tags"]), list(d["speakers"]),
+                   list(d.get("domains", [])))
 
     # -- lookups -----------------------------------------------------------------------------
 
@@ -109,6 +118,12 @@ class Vocabularies:
             self._unknown("intent", name)
             return NO_INTENT
         return k
+
+    def domain_id(self, name: str | None) -> int:
+        """Index of a domain; -1 for None or a domain unseen in training."""
+        if name is None:
+            return NO_INTENT
+        return self._domain_index.get(name, NO_INTENT)
 
     def speaker_id(self, name: str | None) -> int:
         """Index of a speaker; -1 for none/unknown (evaluation speakers are often unseen)."""

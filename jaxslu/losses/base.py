@@ -7,7 +7,10 @@ A loss term is a pure function
 of the batch (a dict of arrays, see `jaxslu.data.batch`), the model's outputs (a dict the model's
 `__call__` returns, plus `outputs["intermediates"]`: every `nnx.Intermediate` the layers recorded
 during the forward pass) and the model's parameters (an `nnx.State`, for regularizers such as EWC).
-It returns a scalar and a dict of scalar metrics. Terms are built by factories registered in
+It returns a scalar and a dict of scalar metrics. A term that needs frozen arrays (anchors,
+Fisher weights, a teacher's parameters) carries `term.init_constants(params) -> pytree`; the run
+computes them once at the start, checkpoints them with the train state, and the term reads them
+as `outputs["constants"][<term name>]`. Terms are built by factories registered in
 `jaxslu.registry.LOSSES`; the config names them in one line:
 
     loss = "rnnt + 0.3*intent_ce + 0.5*slot_ce"
@@ -81,6 +84,16 @@ class Objective:
     @property
     def names(self) -> tuple[str, ...]:
         return tuple(n for n, _, _ in self.terms)
+
+    def init_constants(self, params: nnx.State) -> dict[str, Any]:
+        """Frozen constants of the terms that declare them (`term.init_constants(params)`),
+        keyed by term name; the train step hands them to every term as outputs["constants"]."""
+        out = {}
+        for name, _, term in self.terms:
+            fn = getattr(term, "init_constants", None)
+            if fn is not None:
+                out[name] = fn(params)
+        return out
 
     def __call__(self, batch: Batch, outputs: Outputs, params: nnx.State) -> tuple[jax.Array, Metrics]:
         total = jnp.zeros((), jnp.float32)

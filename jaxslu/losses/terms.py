@@ -135,3 +135,39 @@ def slot_ce(*, label_smoothing: float = 0.0):
         return jnp.sum(ce * valid) / denom, {"tag_accuracy": jnp.sum(acc * valid) / denom}
 
     return term
+
+
+@LOSSES.register("anchor_l2")
+def anchor_l2(*, pattern: str = "", name: str = "anchor_l2"):
+    """L2 distance to the parameters the run started from (L2-SP: Li, Grandvalet and Davoine,
+    "Explicit Inductive Bias for Transfer Learning with Convolutional Networks", ICML 2018):
+    sum over the matched parameters of (theta - theta_0)^2 / 2, theta_0 frozen at the start of
+    the run (after a warm start or a pretrained encoder was loaded). `pattern`: a regular
+    expression on parameter paths (default: all). The anchors are the term's constants; EWC is
+    the same with Fisher weights.
+    """
+    import re
+
+    from jaxslu.train.state import param_path
+
+    pat = re.compile(pattern) if pattern else None
+
+    def select(params):
+        flat = jax.tree_util.tree_flatten_with_path(params)[0]
+        return {param_path(p): v for p, v in flat if pat is None or pat.search(param_path(p))}
+
+    def term(batch, outputs, params):
+        anchors = outputs["constants"][name]
+        current = select(params)
+        total = sum(jnp.sum(jnp.square(current[k].astype(jnp.float32) - a.astype(jnp.float32)))
+                    for k, a in anchors.items())
+        return 0.5 * jnp.asarray(total, jnp.float32), {}
+
+    def init_constants(params):
+        chosen = select(params)
+        if not chosen:
+            raise ValueError(f"anchor_l2: pattern {pattern!r} matches no parameter")
+        return chosen
+
+    term.init_constants = init_constants
+    return term

@@ -29,9 +29,21 @@ BATCH_AXES = ("data", "fsdp")
 
 
 def initialize_distributed(cfg: MeshConfig) -> None:
-    """Multi-host set-up: `jax.distributed.initialize` when the config asks for it."""
+    """Multi-host set-up: `jax.distributed.initialize` when the config asks for it.
+
+    Idempotent: a process joins the distributed system once, and later calls (evaluation after
+    training in the same process, a second run) keep it as it is. Their config may come from the
+    workdir's config.json, written by process 0, so its `process_id` is not this process's own
+    and is not used again."""
     if not cfg.distributed:
         return
+    if jax.distributed.is_initialized():
+        log.debug("distributed: already initialized (process %d of %d)", jax.process_index(),
+                  jax.process_count())
+        return
+    if cfg.num_processes and not -1 <= cfg.process_id < cfg.num_processes:
+        raise ValueError(f"mesh.process_id={cfg.process_id} is not in [0, "
+                         f"mesh.num_processes={cfg.num_processes})")
     kwargs: dict[str, Any] = {}
     if cfg.coordinator_address:
         kwargs["coordinator_address"] = cfg.coordinator_address
@@ -125,8 +137,44 @@ def data_parallel_size(mesh: Mesh) -> int:
     return int(np.prod([mesh.shape[a] for a in BATCH_AXES]))
 
 
-def to_global_batch(local_batch: Mapping[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
-    """Assemble this process's slice of the global batch into global jax.Arrays."""
-    sharding = batch_sharding(mesh)
-    return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v))
-            for k, v in local_batch.items()}
+def batch_leaf_shardings(local_batch: Any, mesh: Mesh,
+                         partition: Mapping[str, str] | None = None) -> Any:
+    """A NamedSharding for every leaf of a (nested) batch: split on the leading dimension over
+    the data-parallel axes, or replicated where `partition` says so ({"a/b": "replicated"}, by
+    leaf path) and for 0-d leaves."""
+    partition = dict(partition or {})
+    bad = {k: v for k, v in partition.items() if v not in ("batch", "replicated")}
+    if bad:
+        raise ValueError(f"batch partition {bad}: each leaf is 'batch' or 'replicated'")
+    split, repl = batch_sharding(mesh), replicated(mesh)
+
+    def one(path, leaf):
+        name = "/".join(str(getattr(e, "key", getattr(e, "idx", e))) for e in path)
+        if partition.get(name) == "replicated" or np.ndim(leaf) == 0:
+            return repl
+        return split
+
+    return jax.tree_util.tree_map_with_path(one, local_batch)
+
+
+def to_global_batch(local_batch: Any, mesh: Mesh,
+                    partition: Mapping[str, str] | None = None) -> Any:
+    """Assemble this process's slice of the global batch into global jax.Arrays.
+
+    Works on any nested dict/list of arrays (pairs, histories, graphs). Split leaves: each
+    process holds its rows, the global leading dim is the sum over processes. Replicated
+    leaves: every process passes the same full array.
+    """
+    shardings = batch_leaf_shardings(local_batch, mesh, partition)
+    dp = data_parallel_size(mesh) // max(1, jax.process_count())
+
+    def one(path, leaf, sharding):
+        arr = np.asarray(leaf)
+        if sharding.spec != P() and arr.shape[0] % max(1, dp):
+            name = "/".join(str(getattr(e, "key", getattr(e, "idx", e))) for e in path)
+            raise ValueError(f"batch leaf {name!r} has {arr.shape[0]} rows on this process, not "
+                             f"divisible by its {dp} data-parallel devices; make the batch size a "
+                             "multiple of the data-parallel size")
+        return jax.make_array_from_process_local_data(sharding, arr)
+
+    return jax.tree_util.tree_map_with_path(one, local_batch, shardings)

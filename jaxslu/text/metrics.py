@@ -19,7 +19,7 @@ from jaxslu.text.normalize import normalize_text
 
 __all__ = [
     "edit_distance", "edit_ops", "ErrorRate", "wer", "cer", "intent_accuracy", "PRF", "SluF1",
-    "slu_f1", "entity_values", "breakdown", "DEFAULT_METRICS",
+    "slu_f1", "entity_values", "breakdown", "DEFAULT_METRICS", "summary", "grouped_summary",
 ]
 
 Entity = tuple[str, str]  # (type, value text)
@@ -375,6 +375,35 @@ DEFAULT_METRICS: dict[str, tuple[tuple[str, ...], MetricFn]] = {
                  lambda rs: slu_f1([r["entities_ref"] for r in rs],
                                    [r["entities_hyp"] for r in rs]).as_dict()),
 }
+
+
+def summary(records: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """The flat metrics of a list of records (what a report prints): `num_examples`, and for the
+    fields every record has: wer, cer (rates) with `wer_detail`, intent_accuracy, and the
+    SLU-F1 family (span_f1, word_f1, char_f1, slu_f1, precision, recall)."""
+    out: dict[str, Any] = {"num_examples": len(records)}
+    if not records:
+        return out
+    has = lambda *fields: all(f in r for r in records for f in fields)
+    if has("ref", "hyp"):
+        w = wer([r["ref"] for r in records], [r["hyp"] for r in records])
+        out["wer"] = w.rate
+        out["cer"] = cer([r["ref"] for r in records], [r["hyp"] for r in records]).rate
+        out["wer_detail"] = w.as_dict()
+    with_intent = [r for r in records if r.get("intent_ref") is not None and "intent_hyp" in r]
+    if with_intent:
+        out["intent_accuracy"] = intent_accuracy([r["intent_ref"] for r in with_intent],
+                                                 [r["intent_hyp"] for r in with_intent])
+    if any("entities_ref" in r for r in records):
+        out.update(slu_f1([r.get("entities_ref", []) for r in records],
+                          [r.get("entities_hyp", []) for r in records]).as_dict())
+    return out
+
+
+def grouped_summary(records: Sequence[Mapping[str, Any]], key: str) -> dict[str, dict[str, Any]]:
+    """`summary` per group of `key` (via `breakdown`), for the per-speaker/-accent reports."""
+    groups = breakdown(records, key, {"summary": summary})
+    return {g: m["summary"] for g, m in groups.items()}
 
 
 def breakdown(records: Sequence[Mapping[str, Any]], key: str | Callable[[Mapping[str, Any]], Any],

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -20,10 +21,10 @@ import numpy as np
 from jaxslu.config import ExperimentConfig, read_config, save_config
 from jaxslu.losses.base import build_objective
 from jaxslu.parallel import mesh as mesh_lib
-from jaxslu.registry import DATASETS
+from jaxslu.task import Task, get_task
 from jaxslu.train.checkpoint import Checkpointer
 from jaxslu.train.metrics import MetricWriter, format_scalars
-from jaxslu.train.state import ModelSizes, TrainState, param_count
+from jaxslu.train.state import TrainState, param_count
 from jaxslu.train import warm_start
 from jaxslu.train.step import Trainer
 
@@ -34,88 +35,48 @@ class NonFiniteLossError(FloatingPointError):
     """Training produced a non-finite loss or gradient; the last good checkpoint is untouched."""
 
 
-@dataclasses.dataclass
-class RunAssets:
-    """What a workdir holds besides checkpoints: tokenizer, label vocabularies, model sizes."""
-
-    tokenizer: Any
-    vocab: Any
-    sizes: ModelSizes
-
-
 def open_source(cfg: ExperimentConfig, split: str):
-    return DATASETS.get(cfg.data.dataset).factory(split, **dict(cfg.data.options))
+    return get_task(cfg).open_source(split)
 
 
-def prepare_assets(cfg: ExperimentConfig, workdir: Path, train_source=None) -> RunAssets:
-    """Load the tokenizer and label vocabularies from the workdir, or build them from the
-    training split (deterministically, so every process of a multi-host run builds the same)."""
-    from jaxslu.data.labels import Vocabularies
-    from jaxslu.text.tokenizer import Tokenizer
-
-    tok_path = workdir / "tokenizer.model"
-    vocab_path = workdir / "labels.json"
-    if tok_path.exists() and vocab_path.exists():
-        tokenizer = Tokenizer.load(tok_path)
-        vocab = Vocabularies.load(vocab_path)
-    else:
-        source = train_source if train_source is not None else open_source(cfg, cfg.data.train_split)
-        texts = [source.text(i) if hasattr(source, "text") else source[i]["text"]
-                 for i in range(len(source))]
-        tmp_dir = workdir / f".assets.{jax.process_index()}"
-        tmp_dir.mkdir(parents=True, exist_ok=True)
-        tokenizer = Tokenizer.train(texts, kind=cfg.tokenizer.kind,
-                                    vocab_size=cfg.tokenizer.vocab_size,
-                                    model_path=tmp_dir / "tokenizer.model")
-        vocab = Vocabularies.from_source(source)
+def prepare_assets(task: Task, workdir: Path, train_source=None) -> Any:
+    """The task's assets from the workdir, or built from the training split (deterministically,
+    so every process of a multi-host run builds the same; process 0 writes them)."""
+    assets = task.load_assets(workdir)
+    if assets is None:
+        source = (train_source if train_source is not None
+                  else task.open_source(task.cfg.data.train_split))
+        assets = task.build_assets(source, workdir / f".assets.{jax.process_index()}")
         if jax.process_index() == 0:
-            tokenizer.save(tok_path)
-            vocab.save(vocab_path)
-    sizes = ModelSizes(vocab_size=tokenizer.vocab_size, num_intents=len(vocab.intents),
-                       num_slot_tags=len(vocab.tags))
-    return RunAssets(tokenizer, vocab, sizes)
+            task.save_assets(assets, workdir)
+    return assets
 
 
-def check_joint_activation(cfg: ExperimentConfig) -> None:
-    """The rnnt term recomputes the joint (act(enc + pred) @ W + b) from the model's outputs; its
-    `activation` option must be the model's `joint_activation` or the loss trains another model."""
-    model_act = getattr(cfg.model, "joint_activation", None)
-    if model_act is None or "rnnt" not in cfg.loss:
-        return
-    term_act = dict(cfg.loss_options.get("rnnt", {})).get("activation", "tanh")
-    if term_act != model_act:
-        raise ValueError(f"loss_options.rnnt.activation={term_act!r} but the model's joint uses "
-                         f"model.joint_activation={model_act!r}; set both to the same activation")
-
-
-def make_trainer(cfg: ExperimentConfig, sizes: ModelSizes, devices=None) -> Trainer:
-    check_joint_activation(cfg)
+def make_trainer(cfg: ExperimentConfig, model_kwargs: dict, devices=None, *,
+                 task: Task | None = None, assets: Any = None) -> Trainer:
+    """The compiled trainer of `cfg` with the task's model arguments; the task checks that the
+    config, model and objective fit, and adds its frozen constants to the objective's."""
+    task = task or get_task(cfg)
     mesh = mesh_lib.make_mesh(cfg.mesh, devices)
     objective = build_objective(cfg.loss, cfg.loss_options)
-    return Trainer.create(cfg, sizes, mesh, objective)
 
+    def constants_fn(params):
+        constants = objective.init_constants(params)
+        own = task.constants(params, assets)
+        if own:
+            constants["task"] = own
+        return constants
 
-def label_capacity_fn(cfg: ExperimentConfig, trainer: Trainer):
-    """How many tokens an utterance of n samples can carry, for the data pipeline's length check.
-
-    CTC needs at least one encoder frame per token; the transducer can emit several tokens per
-    frame, but greedy decoding emits at most `eval.max_symbols_per_frame`, so a transcript longer
-    than that many per frame could never be decoded. Models without `output_frames` get no check.
-    """
-    frames = trainer.frames_fn
-    if frames is None:
-        return None
-    if "ctc" in trainer.objective.names:
-        return frames
-    per_frame = max(1, cfg.eval.max_symbols_per_frame)
-    return lambda n: frames(n) * per_frame
+    trainer = Trainer.create(cfg, model_kwargs, mesh, objective, constants_fn=constants_fn)
+    task.check(trainer.abstract_model, objective)
+    return trainer
 
 
 @dataclasses.dataclass
 class TrainResult:
     state: TrainState
     trainer: Trainer
-    assets: RunAssets
+    assets: Any
     steps_run: int
     seconds: float
     skipped_updates: int
@@ -129,6 +90,7 @@ def train(cfg: ExperimentConfig, workdir: str | Path, *, progress: bool = True,
     many steps of this invocation (used to test interrupted-and-resumed runs)."""
     from jaxslu.data.pipeline import make_batches
 
+    task = get_task(cfg)
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     mesh_lib.initialize_distributed(cfg.mesh)
@@ -140,11 +102,11 @@ def train(cfg: ExperimentConfig, workdir: str | Path, *, progress: bool = True,
     if jax.process_index() == 0:
         save_config(cfg, workdir / "config.json")
 
-    source = open_source(cfg, cfg.data.train_split)
+    source = task.open_source(cfg.data.train_split)
     if cfg.train.init_from and not warm_start.has_checkpoint(workdir):
-        warm_start.copy_assets(cfg.train.init_from, workdir)
-    assets = prepare_assets(cfg, workdir, source)
-    trainer = make_trainer(cfg, assets.sizes, devices)
+        warm_start.copy_assets(cfg.train.init_from, workdir, task.asset_files)
+    assets = prepare_assets(task, workdir, source)
+    trainer = make_trainer(cfg, task.model_kwargs(assets), devices, task=task, assets=assets)
     dp = mesh_lib.data_parallel_size(trainer.mesh)
     if cfg.data.batch_size % max(dp, jax.process_count()):
         raise ValueError(f"data.batch_size={cfg.data.batch_size} must be divisible by the "
@@ -152,11 +114,12 @@ def train(cfg: ExperimentConfig, workdir: str | Path, *, progress: bool = True,
                          "processes; change data.batch_size or mesh.data/mesh.fsdp")
 
     ckpt = Checkpointer(workdir / "checkpoints", keep=cfg.train.keep_checkpoints)
-    batches = make_batches(source, tokenizer=assets.tokenizer, vocab=assets.vocab,
-                           data_cfg=cfg.data, sample_rate=cfg.frontend.sample_rate, train=True,
-                           seed=cfg.seed, process_index=jax.process_index(),
-                           process_count=jax.process_count(),
-                           frames_fn=label_capacity_fn(cfg, trainer))
+    prepare = task.prepare_fn(source, assets, train=True, model=trainer.abstract_model,
+                              objective=trainer.objective)
+    batches = make_batches(source, prepare=prepare, collate=task.collate, data_cfg=cfg.data,
+                           train=True, seed=cfg.seed, process_index=jax.process_index(),
+                           process_count=jax.process_count())
+    partition = task.batch_partition()
     iterator = iter(batches)
     if ckpt.latest_step() is not None:
         state, data_state, meta = ckpt.restore(trainer.abstract_sharded_state())
@@ -165,9 +128,12 @@ def train(cfg: ExperimentConfig, workdir: str | Path, *, progress: bool = True,
         log.info("resumed from step %d of %s", int(state.step), workdir)
     else:
         state = trainer.init_state()
+        params = task.init_params(state.params, assets)  # e.g. a pretrained encoder
         if cfg.train.init_from:  # a fresh run: the source's parameters where they fit
-            params, _ = warm_start.warm_start_params(state.params, cfg.train.init_from)
-            state = dataclasses.replace(state, params=params)
+            params, _ = warm_start.warm_start_params(params, cfg.train.init_from)
+        if params is not state.params:
+            # Constants derived from the starting parameters (anchors) follow them.
+            state = trainer.with_constants(dataclasses.replace(state, params=params))
         log.info("model %s: %d parameters; objective %s; mesh %s", cfg.model.name,
                  param_count(state.params), cfg.loss, dict(trainer.mesh.shape))
 
@@ -175,7 +141,8 @@ def train(cfg: ExperimentConfig, workdir: str | Path, *, progress: bool = True,
     start_step = int(state.step)
     total = cfg.train.steps
     bar = None
-    if progress and jax.process_index() == 0:
+    # A progress bar only on a terminal; in log files, one line per log interval.
+    if progress and jax.process_index() == 0 and sys.stderr.isatty():
         from tqdm.auto import tqdm
         bar = tqdm(total=total, initial=start_step, desc=cfg.name, unit="step", dynamic_ncols=True)
 
@@ -189,7 +156,7 @@ def train(cfg: ExperimentConfig, workdir: str | Path, *, progress: bool = True,
     try:
         while step < total and (stop_after is None or run_here < stop_after):
             local = next(iterator)
-            batch = mesh_lib.to_global_batch(local, trainer.mesh)
+            batch = mesh_lib.to_global_batch(local, trainer.mesh, partition)
             state, metrics = trainer.train_step(state, batch)
             window.append((metrics, np.asarray(local["index"])))
             run_here += 1

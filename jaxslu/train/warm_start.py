@@ -14,6 +14,7 @@ import logging
 import os
 import shutil
 from pathlib import Path
+from typing import Sequence
 
 import jax
 import numpy as np
@@ -22,7 +23,6 @@ from jaxslu.train.checkpoint import Checkpointer
 
 log = logging.getLogger(__name__)
 
-ASSET_FILES = ("tokenizer.model", "labels.json")
 
 
 def _key(entry) -> str:
@@ -51,12 +51,13 @@ def has_checkpoint(workdir: Path) -> bool:
     return ckpt.is_dir() and any(p.name.isdigit() for p in ckpt.iterdir())
 
 
-def copy_assets(source: str | Path, workdir: Path) -> None:
-    """Use the source run's tokenizer and label vocabularies (the output layers depend on them).
-    Every process copies (same bytes; written under a temporary name and renamed), so none can
-    read a half-written file or build its own."""
+def copy_assets(source: str | Path, workdir: Path, names: Sequence[str]) -> None:
+    """Use the source run's assets (`names`, the task's `asset_files`: tokenizer, label
+    vocabularies, ...; the output layers depend on them). Every process copies (same bytes;
+    written under a temporary name and renamed), so none can read a half-written file or build
+    its own."""
     source = Path(source)
-    for name in ASSET_FILES:
+    for name in names:
         src, dst = source / name, workdir / name
         if not src.exists():
             raise FileNotFoundError(f"train.init_from={str(source)!r} has no {name}; point it at "

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from jaxslu.config import load_config
-from jaxslu.train.evaluate import evaluate_workdir
+from jaxslu.eval import evaluate_workdir
 from jaxslu.train.loop import NonFiniteLossError, train
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -99,7 +99,7 @@ def test_interrupted_and_resumed_run_matches_uninterrupted(tmp_path):
 
 
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
-    from jaxslu.train.evaluate import LoadedRun
+    from jaxslu.eval import LoadedRun
     # An absurd learning rate (no warm-up) turns the parameters non-finite after one update: the
     # second step's loss is not finite, training stops, the step-1 checkpoint stays restorable.
     cfg = _cfg("train.steps=5", "train.checkpoint_every=1", "train.log_every=1",
@@ -121,7 +121,7 @@ def test_unknown_config_key_is_a_clear_cli_error(tmp_path):
 
 def test_rnnt_activation_must_match_the_models_joint():
     from jaxslu.train.loop import make_trainer
-    from jaxslu.train.state import ModelSizes
+    from jaxslu.slu.task import transducer_model_kwargs
     cfg = _cfg("model.joint_activation=relu")
     with pytest.raises(ValueError, match="loss_options.rnnt.activation='tanh'.*'relu'"):
-        make_trainer(cfg, ModelSizes(vocab_size=8, num_intents=10), ONE_DEVICE)
+        make_trainer(cfg, transducer_model_kwargs(cfg, 8, 10), ONE_DEVICE)

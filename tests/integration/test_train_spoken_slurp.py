@@ -7,7 +7,7 @@ from pathlib import Path
 import jax
 
 from jaxslu.config import load_config
-from jaxslu.train.evaluate import evaluate_workdir
+from jaxslu.eval import evaluate_workdir
 from jaxslu.train.loop import train
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -38,11 +38,13 @@ def test_warm_start_loads_shared_params_and_keeps_new_ones(source, tmp_path):
     new_only = sorted(set(init_flat) - set(src))
     assert new_only and all("ctc" in k for k in new_only), new_only
 
+    from jaxslu.task import get_task
     from jaxslu.train.loop import make_trainer, prepare_assets
     (tmp_path / "warm").mkdir()
-    warm_start.copy_assets(src_dir, tmp_path / "warm")
-    assets = prepare_assets(cfg, tmp_path / "warm")
-    state = make_trainer(cfg, assets.sizes, ONE_DEVICE).init_state()
+    task = get_task(cfg)
+    warm_start.copy_assets(src_dir, tmp_path / "warm", task.asset_files)
+    assets = prepare_assets(task, tmp_path / "warm")
+    state = make_trainer(cfg, task.model_kwargs(assets), ONE_DEVICE).init_state()
     params, info = warm_start.warm_start_params(state.params, src_dir)
     flat = warm_start.flat_params(jax.device_get(params))
     assert info["loaded"] == len(src) and info["kept_at_init"] == new_only

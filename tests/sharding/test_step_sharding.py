@@ -12,7 +12,7 @@ import pytest
 from jaxslu.config import MeshConfig, load_config
 from jaxslu.parallel import mesh as mesh_lib
 from jaxslu.train.loop import make_trainer
-from jaxslu.train.state import ModelSizes
+from jaxslu.slu.task import transducer_model_kwargs
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.multidevice
@@ -36,7 +36,7 @@ def _batch(B=8, N=6400, U=8, V=12, intents=10, seed=0):
 
 
 def _run(cfg, devices, batch):
-    trainer = make_trainer(cfg, ModelSizes(vocab_size=12, num_intents=10, num_slot_tags=1),
+    trainer = make_trainer(cfg, transducer_model_kwargs(cfg, 12, 10, 1),
                            devices)
     state = trainer.init_state()
     gbatch = mesh_lib.to_global_batch(batch, trainer.mesh)
@@ -70,4 +70,41 @@ def test_one_device_and_eight_devices_agree(one_device, mesh):
         np.testing.assert_allclose(m8[k], m1[k], rtol=2e-5, atol=1e-6, err_msg=k)
     scale = max(float(np.abs(g).max()) for g in p1)
     for a, b in zip(p1, p8):
+        np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-5 * scale)
+
+
+def _nlu_batch(B=8, L=16, V=40, intents=6, domains=3, tags=5, seed=0):
+    rng = np.random.default_rng(seed)
+    lengths = rng.integers(2, L + 1, B).astype(np.int32)
+    tokens = rng.integers(1, V, (B, L)).astype(np.int32)
+    pad = np.arange(L)[None] >= lengths[:, None]
+    tokens[pad] = 0
+    weight = np.ones(B, np.float32)
+    weight[-1] = 0
+    return {"tokens": tokens, "token_lengths": lengths,
+            "intent": rng.integers(0, intents, B).astype(np.int32),
+            "domain": rng.integers(0, domains, B).astype(np.int32),
+            "slot_tags": np.where(pad, -1, rng.integers(0, tags, (B, L))).astype(np.int32),
+            "index": np.arange(B, dtype=np.int32), "weight": weight}
+
+
+@pytest.mark.parametrize("mesh", [MeshConfig(data=-1, fsdp=2, tensor=1),
+                                  MeshConfig(data=2, fsdp=2, tensor=2)])
+def test_nlu_step_one_device_and_eight_devices_agree(mesh):
+    cfg = load_config(ROOT / "configs" / "slurp_nlu.py", "tiny",
+                      ["model.encoder.dropout=0.0", "model.head_dropout=0.0"])
+    kwargs = {"vocab_size": 40, "num_intents": 6, "num_domains": 3, "num_slot_tags": 5}
+    runs = []
+    for m, devices in ((MeshConfig(), jax.devices()[:1]), (mesh, jax.devices())):
+        trainer = make_trainer(dataclasses.replace(cfg, mesh=m), kwargs, devices)
+        state = trainer.init_state()
+        gbatch = mesh_lib.to_global_batch(_nlu_batch(), trainer.mesh)
+        state, _ = trainer.train_step(state, gbatch)
+        (_, metrics), grads = trainer.loss_and_grads(state, gbatch)
+        runs.append((jax.device_get(metrics), [np.asarray(x) for x in jax.tree.leaves(grads)]))
+    (m1, g1), (m8, g8) = runs
+    for k in m1:
+        np.testing.assert_allclose(m8[k], m1[k], rtol=2e-5, atol=1e-6, err_msg=k)
+    scale = max(float(np.abs(g).max()) for g in g1)
+    for a, b in zip(g1, g8):
         np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-5 * scale)

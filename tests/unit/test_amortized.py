@@ -19,7 +19,7 @@ from jaxslu.models.streaming import (StreamingEncoderConfig, StreamingTransducer
 from jaxslu.models.transducer import PredictorConfig
 from jaxslu.registry import LOSSES
 from jaxslu.train.loop import make_trainer
-from jaxslu.train.state import ModelSizes
+from jaxslu.slu.task import transducer_model_kwargs
 
 FE = FrontendConfig(num_mels=16, normalize="none")
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
@@ -266,7 +266,7 @@ def test_amortized_model_trains_with_rnnt_plus_compute_cost():
         train=TrainConfig(steps=3))
     cfg = dataclasses.replace(cfg, model=dataclasses.replace(
         cfg.model, encoder=dataclasses.replace(cfg.model.encoder, num_layers=1)))
-    trainer = make_trainer(cfg, ModelSizes(vocab_size=5), devices=jax.devices()[:1])
+    trainer = make_trainer(cfg, transducer_model_kwargs(cfg, 5), devices=jax.devices()[:1])
     state = trainer.init_state()
     gate_kernel = lambda st: np.asarray(
         st.params["encoder"]["blocks"][0]["ffn_gate"]["out"]["kernel"][...])

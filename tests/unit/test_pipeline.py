@@ -16,7 +16,8 @@ import soundfile as sf
 from jaxslu.config import DataConfig
 from jaxslu.data.batch import BATCH_SPEC
 from jaxslu.data.labels import Vocabularies
-from jaxslu.data.pipeline import DataError, make_batches
+from jaxslu.data.pipeline import DataError
+from jaxslu.slu.batching import make_audio_batches as make_batches
 from jaxslu.data.sources import ExampleReadError, manifest
 
 SR = 8000

@@ -13,7 +13,7 @@ import pytest
 from jaxslu.config import DataConfig
 from jaxslu.data.batch import BATCH_SPEC
 from jaxslu.data.labels import Vocabularies
-from jaxslu.data.pipeline import make_batches
+from jaxslu.slu.batching import make_audio_batches as make_batches
 from jaxslu.data.sources import FsddSource
 from jaxslu.data.tfds_adapter import TfdsSource
 from jaxslu.registry import DATASETS

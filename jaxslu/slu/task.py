@@ -1,0 +1,110 @@
+"""The audio transducer / end-to-end SLU task: audio in, transcript (+ intent, slots) out.
+
+Assets: a tokenizer (`tokenizer.model`, trained on the training transcripts) and the label
+vocabularies (`labels.json`: intents, BIO slot tags, speakers). Model arguments: the frontend
+config, vocabulary size, number of intents and slot tags. Checks: the rnnt term's activation is
+the model's joint activation, and no transcript is longer than its audio can carry.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+from pathlib import Path
+from typing import Any, Sequence
+
+from jaxslu.data.labels import Vocabularies
+from jaxslu.registry import TASKS
+from jaxslu.slu.batching import AudioPreparer, audio_buckets, collate_audio
+from jaxslu.task import Task
+
+
+@dataclasses.dataclass
+class RunAssets:
+    """Tokenizer and label vocabularies of a transducer run."""
+
+    tokenizer: Any
+    vocab: Vocabularies
+
+
+def transducer_model_kwargs(cfg, vocab_size: int, num_intents: int = 0,
+                            num_slot_tags: int = 0) -> dict[str, Any]:
+    """Constructor arguments of the transducer models (besides config and rngs)."""
+    return {"frontend_cfg": cfg.frontend, "vocab_size": vocab_size, "num_intents": num_intents,
+            "num_slot_tags": num_slot_tags}
+
+
+def check_joint_activation(cfg) -> None:
+    """The rnnt term recomputes the joint (act(enc + pred) @ W + b) from the model's outputs; its
+    `activation` option must be the model's `joint_activation` or the loss trains another model."""
+    model_act = getattr(cfg.model, "joint_activation", None)
+    if model_act is None or "rnnt" not in cfg.loss:
+        return
+    term_act = dict(cfg.loss_options.get("rnnt", {})).get("activation", "tanh")
+    if term_act != model_act:
+        raise ValueError(f"loss_options.rnnt.activation={term_act!r} but the model's joint uses "
+                         f"model.joint_activation={model_act!r}; set both to the same activation")
+
+
+def label_capacity_fn(cfg, model, objective_names: Sequence[str]):
+    """How many tokens an utterance of n samples can carry, for the data pipeline's length check.
+
+    CTC needs at least one encoder frame per token; the transducer can emit several tokens per
+    frame, but greedy decoding emits at most `eval.max_symbols_per_frame`, so a transcript longer
+    than that many per frame could never be decoded. Models without `output_frames` get no check.
+    """
+    frames = getattr(model, "output_frames", None)
+    if frames is None:
+        return None
+    if "ctc" in objective_names:
+        return frames
+    per_frame = max(1, cfg.eval.max_symbols_per_frame)
+    return lambda n: frames(n) * per_frame
+
+
+@TASKS.register("transducer_slu")
+class TransducerSLUTask(Task):
+    default_evaluator = "transducer_slu"
+    asset_files = ("tokenizer.model", "labels.json")
+
+    def load_assets(self, workdir: Path) -> RunAssets | None:
+        from jaxslu.text.tokenizer import Tokenizer
+
+        tok, lab = workdir / "tokenizer.model", workdir / "labels.json"
+        if not (tok.exists() and lab.exists()):
+            return None
+        return RunAssets(Tokenizer.load(tok), Vocabularies.load(lab))
+
+    def build_assets(self, source, scratch: Path) -> RunAssets:
+        from jaxslu.text.tokenizer import Tokenizer
+
+        texts = [source.text(i) if hasattr(source, "text") else source[i]["text"]
+                 for i in range(len(source))]
+        scratch.mkdir(parents=True, exist_ok=True)
+        tok = self.cfg.tokenizer
+        tokenizer = Tokenizer.train(texts, kind=tok.kind, vocab_size=tok.vocab_size,
+                                    model_path=scratch / "tokenizer.model")
+        return RunAssets(tokenizer, Vocabularies.from_source(source))
+
+    def save_assets(self, assets: RunAssets, workdir: Path) -> None:
+        assets.tokenizer.save(workdir / "tokenizer.model")
+        assets.vocab.save(workdir / "labels.json")
+
+    def model_kwargs(self, assets: RunAssets) -> dict[str, Any]:
+        return transducer_model_kwargs(self.cfg, assets.tokenizer.vocab_size,
+                                       len(assets.vocab.intents), len(assets.vocab.tags))
+
+    def check(self, model, objective) -> None:
+        check_joint_activation(self.cfg)
+
+    def prepare_fn(self, source, assets: RunAssets, *, train: bool, model=None, objective=None):
+        frames = None
+        if train and model is not None:
+            names = objective.names if objective is not None else ()
+            frames = label_capacity_fn(self.cfg, model, names)
+        return AudioPreparer(source, assets.tokenizer, assets.vocab, self.cfg.data,
+                             self.cfg.frontend.sample_rate, frames)
+
+    def collate(self, rows, batch_size: int):
+        data = self.cfg.data
+        return collate_audio(rows, batch_size, audio_buckets(data, self.cfg.frontend.sample_rate),
+                             sorted(set(data.label_buckets)))

@@ -1,0 +1,106 @@
+"""The text NLU task end to end, with no audio anywhere: a short real training on the SLURP-style
+mix (HWU64 + SLURP devel), evaluation with domain / intent / slot figures and per-example
+records, an interrupted-and-resumed run equal to an uninterrupted one, CLINC150 open-set
+calibration, and `jaxslu nlu` on good and bad input lines."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+
+from jaxslu.config import load_config
+from jaxslu.eval import evaluate_workdir
+from jaxslu.train.loop import train
+
+ROOT = Path(__file__).resolve().parents[2]
+ONE = jax.devices()[:1]
+
+
+def _cfg(*overrides, name="slurp_nlu.py", variant="tiny"):
+    return load_config(ROOT / "configs" / name, variant, list(overrides))
+
+
+@pytest.fixture(scope="module")
+def nlu_run(tmp_path_factory):
+    """A short real training: 600 steps of a small Transformer (under a minute on 2 cores)."""
+    wd = tmp_path_factory.mktemp("nlu")
+    cfg = _cfg("train.steps=600", "train.checkpoint_every=600", "train.log_every=100",
+               "model.encoder.dim=64", "model.encoder.num_layers=2", "model.encoder.heads=4",
+               "data.batch_size=32", "optim.learning_rate=3e-3", "optim.warmup_steps=50")
+    result = train(cfg, wd, progress=False, devices=ONE)
+    return wd, cfg, result
+
+
+def test_nlu_trains_and_reports_without_audio(nlu_run):
+    wd, cfg, result = nlu_run
+    assert int(result.state.step) == 600
+    assert not (wd / "tokenizer.model").read_bytes() == b""
+    labels = json.loads((wd / "labels.json").read_text())
+    assert len(labels["intents"]) >= 60 and len(labels["domains"]) == 18
+    reports = evaluate_workdir(wd)
+    from jaxslu.nlu.data import slurp_nlu
+    for split in ("slurp_test", "hwu64_test"):
+        n = len(slurp_nlu(split))
+        r = reports[split]
+        assert r["num_examples"] == n and r["task"] == "nlu"
+        # Far above chance (1/64 intents, 1/18 domains) after 600 small steps.
+        print(split, {k: r[k] for k in ("intent_accuracy", "domain_accuracy", "slot_f1")})
+        assert r["intent_accuracy"] > 0.5, r
+        assert r["domain_accuracy"] > 0.6, r
+        assert 0.0 < r["slot_f1"] <= 1.0
+        recs = [json.loads(x) for x in (wd / f"predictions_{split}.jsonl").read_text().splitlines()]
+        assert len(recs) == n and len({x["id"] for x in recs}) == n
+        assert {"id", "text", "intent_ref", "intent_hyp", "domain_ref", "domain_hyp", "confidence",
+                "entities_ref", "entities_hyp", "meta"} <= set(recs[0])
+        acc = np.mean([x["intent_ref"] == x["intent_hyp"] for x in recs])
+        assert abs(acc - r["intent_accuracy"]) < 1e-9
+
+
+def test_nlu_resume_equals_uninterrupted(tmp_path):
+    cfg = _cfg("train.steps=6", "train.checkpoint_every=3", "train.log_every=3")
+    full = train(cfg, tmp_path / "full", progress=False, devices=ONE)
+    train(cfg, tmp_path / "resumed", progress=False, devices=ONE, stop_after=3)
+    rest = train(cfg, tmp_path / "resumed", progress=False, devices=ONE)
+    assert int(rest.state.step) == 6 and rest.steps_run == 3
+    for a, b in zip(jax.tree.leaves(full.state.params), jax.tree.leaves(rest.state.params)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=0, atol=1e-6)
+
+
+def test_clinc_open_set_threshold_is_calibrated_and_applied(tmp_path):
+    cfg = _cfg("train.steps=30", name="clinc_oos.py")
+    train(cfg, tmp_path, progress=False, devices=ONE)
+    report = evaluate_workdir(tmp_path)["test+oos_test"]
+    calib = json.loads((tmp_path / "open_set.json").read_text())
+    assert calib["calibration_split"] == "val+oos_val"
+    assert report["open_set_threshold"] == calib["threshold"]
+    assert report["num_out_of_scope"] == 1000 and report["num_in_scope"] == 4500
+    for k in ("in_scope_accuracy", "oos_recall", "oos_precision", "intent_accuracy"):
+        assert 0.0 <= report[k] <= 1.0
+
+
+def test_nlu_command_labels_lines_and_names_bad_ones(nlu_run, tmp_path):
+    wd, _, _ = nlu_run
+    f = tmp_path / "in.txt"
+    f.write_bytes(b"wake me up at seven am tomorrow\n\nplay some jazz in the kitchen\n"
+                  b"caf\xe9 latte\n")
+    out = subprocess.run([sys.executable, "-m", "jaxslu.cli", "nlu", "--workdir", str(wd), str(f)],
+                         capture_output=True, text=True, timeout=300)
+    lines = [json.loads(x) for x in out.stdout.splitlines()]
+    assert out.returncode == 1, out.stderr
+    assert [x.get("line") for x in lines if "error" in x] == [2, 4]
+    assert "empty" in lines[1]["error"] and "UTF-8" in lines[3]["error"]
+    good = [x for x in lines if "error" not in x]
+    assert [x["text"] for x in good] == ["wake me up at seven am tomorrow",
+                                         "play some jazz in the kitchen"]
+    for x in good:
+        assert set(x) == {"text", "domain", "intent", "confidence", "in_scope", "slots"}
+        assert 0.0 <= x["confidence"] <= 1.0 and x["in_scope"] is True
+        words = x["text"].split()
+        for s in x["slots"]:
+            assert 0 <= s["start"] < s["end"] <= len(words)
+            assert s["value"] == " ".join(words[s["start"]:s["end"]])
