@@ -39,9 +39,9 @@ def get_config(variant: str = "default") -> ExperimentConfig:
             task_options={"max_tokens": 40, "oos_label": "oos", "pretrained": "all-MiniLM-L6-v2"},
             model=NluConfig(encoder=TextEncoderConfig(kind="bert", dropout=0.1), pooling="mean",
                             head_dropout=0.1, slot_head=False),
-            optim=OptimConfig(learning_rate=1e-4, warmup_steps=150, weight_decay=0.01),
+            optim=OptimConfig(learning_rate=1e-4, warmup_steps=100, weight_decay=0.01),
             data=dataclasses.replace(cfg.data, batch_size=32),
-            train=TrainConfig(steps=2000, log_every=100, checkpoint_every=500))
+            train=TrainConfig(steps=1200, log_every=50, checkpoint_every=300))
     elif variant == "tiny":
         cfg = dataclasses.replace(
             cfg, name="clinc_oos_tiny",

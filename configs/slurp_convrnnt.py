@@ -1,4 +1,4 @@
-"""ConvRNN-T on spoken SLURP (METHODS.md 1.2): causal local CNN (2-D over time x mel) and causal
+"""ConvRNN-T on spoken SLURP (Radfar et al., "ConvRNN-T: Convolutional Augmented Recurrent Neural Network Transducers for Streaming Speech Recognition", Interspeech 2022): causal local CNN (2-D over time x mel) and causal
 global CNN (dilated depthwise residual blocks with causal squeeze-and-excitation), concatenated
 and fed to a residual LSTM encoder; streamable (jaxslu.decoding.streaming).
 

@@ -43,9 +43,9 @@ def get_config(variant: str = "default") -> ExperimentConfig:
             task_options={"max_tokens": 48, "pretrained": "all-MiniLM-L6-v2"},
             model=NluConfig(encoder=TextEncoderConfig(kind="bert", dropout=0.1), pooling="mean",
                             head_dropout=0.1),
-            optim=OptimConfig(learning_rate=1e-4, warmup_steps=80, weight_decay=0.01),
+            optim=OptimConfig(learning_rate=1e-4, warmup_steps=100, weight_decay=0.01),
             data=dataclasses.replace(cfg.data, batch_size=32),
-            train=TrainConfig(steps=900, log_every=50, checkpoint_every=300))
+            train=TrainConfig(steps=1500, log_every=50, checkpoint_every=300))
     elif variant == "tiny":
         cfg = dataclasses.replace(
             cfg, name="slurp_nlu_tiny",

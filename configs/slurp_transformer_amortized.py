@@ -1,4 +1,4 @@
-"""Compute-cost amortized streaming Transformer-transducer on spoken SLURP (METHODS.md 1.3):
+"""Compute-cost amortized streaming Transformer-transducer on spoken SLURP (Xie et al., "Compute Cost Amortized Transformer for Streaming ASR", Interspeech 2022):
 arbitrators switch each block's attention and FFN on or off per frame, trained jointly with the
 `compute_cost` loss term (FLOPs-weighted gate activity / dense FLOPs).
 

@@ -1,4 +1,4 @@
-"""Streaming Transformer-transducer on spoken SLURP, dense causal attention (METHODS.md 1.3's
+"""Streaming Transformer-transducer on spoken SLURP, dense causal attention (Xie et al., "Compute Cost Amortized Transformer for Streaming ASR", Interspeech 2022;
 reference point for compute): every frame runs attention over all past frames and the FFN.
 
     jaxslu train --config configs/slurp_transformer_dense.py --workdir runs/slurp_tt_dense --eval

@@ -1,5 +1,5 @@
 """Streaming Transformer-transducer on spoken SLURP with sliding-window attention: the paper's
-baseline for saving compute (METHODS.md 1.3). Frame t attends to frames t-window+1 .. t only, so
+baseline for saving compute (Xie et al., "Compute Cost Amortized Transformer for Streaming ASR", Interspeech 2022). Frame t attends to frames t-window+1 .. t only, so
 attention costs O(window) instead of O(t) per frame; the FFN always runs.
 
     jaxslu train --config configs/slurp_transformer_sliding.py --workdir runs/slurp_tt_sliding \

@@ -1,4 +1,4 @@
-"""Compute-cost amortization (METHODS.md 1.3): arbitrators that switch sub-components per frame.
+"""Compute-cost amortization (Xie et al., "Compute Cost Amortized Transformer for Streaming ASR", Interspeech 2022): arbitrators that switch sub-components per frame.
 
 An arbitrator is a small MLP on a sub-component's input that emits one logit per frame; the gate
 multiplies the sub-component's residual branch (`x + gate * branch(x)`), so a gate of 0 means the

@@ -1,4 +1,4 @@
-"""ConvRNN-T front end (Radfar et al., 2022; METHODS.md 1.2): causal local and global CNNs whose
+"""ConvRNN-T front end (Radfar et al., "ConvRNN-T: Convolutional Augmented Recurrent Neural Network Transducers for Streaming Speech Recognition", Interspeech 2022): causal local and global CNNs whose
 outputs, concatenated on the feature axis, feed the transducer's LSTM encoder.
 
     log-mel [B, F, M] --stack s frames--> [B, F/s, M, s]

@@ -1,4 +1,4 @@
-"""The `compute_cost` loss term of the compute-cost amortized Transformer (METHODS.md 1.3).
+"""The `compute_cost` loss term of the compute-cost amortized Transformer (Xie et al., "Compute Cost Amortized Transformer for Streaming ASR", Interspeech 2022).
 
     relative = sum_{blocks, components, frames} gate * FLOPs(component, frame)
                / sum_{blocks, components, frames} FLOPs(component, frame)

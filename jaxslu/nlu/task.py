@@ -171,6 +171,14 @@ class NluTask(Task):
         else:
             assets.tokenizer.tokenizer.save(workdir / "tokenizer.model")
 
+    def check(self, model, objective) -> None:
+        bert = getattr(model, "encoder", None)
+        limit = getattr(getattr(getattr(bert, "bert", None), "cfg", None),
+                        "max_position_embeddings", None)
+        if limit is not None and self.max_tokens > limit:
+            raise ValueError(f"task_options.max_tokens={self.max_tokens} exceeds the pretrained "
+                             f"encoder's {limit} positions; set max_tokens <= {limit}")
+
     def model_kwargs(self, assets: NluAssets) -> dict[str, Any]:
         return {"vocab_size": assets.tokenizer.vocab_size,
                 "num_intents": len(assets.vocab.intents),

@@ -207,9 +207,26 @@ def train(cfg: ExperimentConfig, workdir: str | Path, *, progress: bool = True,
         ckpt.close()
     seconds = time.perf_counter() - t0
     skipped_examples = int(getattr(batches, "skipped", 0) or 0)
+    if run_here and jax.process_index() == 0:
+        _record_training_time(workdir, int(state.step), run_here, seconds)
     return TrainResult(state=state, trainer=trainer, assets=assets, steps_run=run_here,
                        seconds=seconds, skipped_updates=skipped, skipped_examples=skipped_examples,
                        last_metrics=last)
+
+
+def _record_training_time(workdir: Path, step: int, steps_run: int, seconds: float) -> None:
+    """`train_time.json`: wall seconds of every invocation that trained (a resumed run adds one),
+    so a report can state what the whole training cost."""
+    import json
+
+    path = workdir / "train_time.json"
+    runs = json.loads(path.read_text())["invocations"] if path.exists() else []
+    runs.append({"until_step": step, "steps": steps_run, "seconds": round(seconds, 2),
+                 "devices": jax.device_count(), "processes": jax.process_count()})
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps({"total_seconds": round(sum(r["seconds"] for r in runs), 2),
+                               "invocations": runs}, indent=1) + "\n")
+    tmp.replace(path)
 
 
 def _summarize(window):

@@ -104,3 +104,31 @@ def test_nlu_command_labels_lines_and_names_bad_ones(nlu_run, tmp_path):
         for s in x["slots"]:
             assert 0 <= s["start"] < s["end"] <= len(words)
             assert s["value"] == " ".join(words[s["start"]:s["end"]])
+
+
+def test_bert_encoder_run_starts_from_the_checkpoint(tmp_path):
+    """The pretrained-encoder path on a tiny BERT checkpoint in the common layout (written by
+    the BERT tests' helpers): a fresh run's encoder equals the checkpoint's weights, the workdir
+    keeps the tokenizer and architecture, evaluation and `jaxslu nlu` read them back."""
+    from flax import nnx
+
+    from jaxslu.nlu.bert import load_pretrained
+    from jaxslu.train.warm_start import flat_params
+    from tests.unit.test_bert import TINY, _tiny_tensors, _write_checkpoint
+
+    ckpt = _write_checkpoint(tmp_path / "ckpt", _tiny_tensors(TINY))
+    cfg = _cfg(f"task_options.pretrained={ckpt}", "task_options.max_tokens=20",
+               "data.label_buckets=(8,20)", "train.steps=0", "data.batch_size=8",
+               "data.eval_batch_size=16", variant="minilm")
+    wd = tmp_path / "run"
+    result = train(cfg, wd, progress=False, devices=ONE)
+    flat = flat_params(jax.device_get(result.state.params))
+    _, ref, _ = nnx.split(load_pretrained(ckpt), nnx.Param, ...)
+    ref = flat_params(ref)
+    for k, v in ref.items():
+        np.testing.assert_array_equal(flat[f"encoder/bert/{k}"], np.asarray(v), err_msg=k)
+    assert {"tokenizer.json", "encoder_config.json", "labels.json"} <= {p.name for p in wd.iterdir()}
+    too_long = _cfg(f"task_options.pretrained={ckpt}", "task_options.max_tokens=40",
+                    "train.steps=1", variant="minilm")
+    with pytest.raises(ValueError, match="exceeds the pretrained encoder's 24 positions"):
+        train(too_long, tmp_path / "bad", progress=False, devices=ONE)
