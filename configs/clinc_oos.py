@@ -41,7 +41,7 @@ def get_config(variant: str = "default") -> ExperimentConfig:
                             head_dropout=0.1, slot_head=False),
             optim=OptimConfig(learning_rate=1e-4, warmup_steps=100, weight_decay=0.01),
             data=dataclasses.replace(cfg.data, batch_size=32),
-            train=TrainConfig(steps=1200, log_every=50, checkpoint_every=300))
+            train=TrainConfig(steps=800, log_every=50, checkpoint_every=200))
     elif variant == "tiny":
         cfg = dataclasses.replace(
             cfg, name="clinc_oos_tiny",
