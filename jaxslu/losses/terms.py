@@ -24,11 +24,16 @@ def _weighted_mean(values, weight):
 
 
 def joint_logits(outputs: dict[str, Any], activation: str = "tanh") -> jax.Array:
-    """Materialize the joint's logits [B, T, U+1, V] from the transducer's outputs."""
+    """Materialize the joint's logits [B, T, U+1, V] (fp32) from the transducer's outputs.
+
+    Computed in fp32 whatever the outputs' dtype, like the fused loss's joint (kernels/rnnt/fused.py
+    casts its inputs up), so fused=True and fused=False see the same logits.
+    """
     act = _ACTIVATIONS[activation]
-    hidden = act(outputs["encoder"][:, :, None, :] + outputs["predictor"][:, None, :, :])
-    return (hidden @ outputs["joint_weight"].astype(hidden.dtype)
-            + outputs["joint_bias"].astype(hidden.dtype)).astype(jnp.float32)
+    f32 = jnp.float32
+    hidden = act(outputs["encoder"].astype(f32)[:, :, None, :]
+                 + outputs["predictor"].astype(f32)[:, None, :, :])
+    return hidden @ outputs["joint_weight"].astype(f32) + outputs["joint_bias"].astype(f32)
 
 
 @LOSSES.register("rnnt")
@@ -37,18 +42,28 @@ def rnnt(*, implementation: str | None = None, fused: bool = False, fastemit_lam
          blank: int = 0):
     """RNN-T negative log-likelihood.
 
-    implementation: None (best for the backend), "xla", "pallas", or "reference" (the pure-JAX
-      autodiff definition in jaxslu.kernels.rnnt.reference; slow, for checking).
-    fused: compute the joint's output layer inside the loss (never materializes [B,T,U+1,V]).
+    implementation: None (best for the backend, safe: see jaxslu.kernels.rnnt.api), "xla",
+      "pallas", or "reference" (the pure-JAX autodiff definition; slow, for checking). Every
+      option is honoured by every implementation or refused here: "reference" has no gradient
+      clamp, so clamp with it raises.
+    fused: compute the joint's output layer inside the loss (never materializes [B,T,U+1,V]);
+      fastemit_lambda and clamp apply to it exactly as to the unfused loss.
     normalize: "sequence" (mean over utterances) or "token" (sum over utterances divided by the
       number of target tokens plus one per utterance).
+    Padding rows (batch weight 0) contribute exactly 0, whatever their loss; a real row whose
+    traced lengths or labels are invalid gives a non-finite value (+inf for zero frames, NaN
+    otherwise), so the train step's finiteness check skips the update.
     """
     if normalize not in ("sequence", "token"):
         raise ValueError(f"rnnt option normalize={normalize!r}: use 'sequence' or 'token'")
     if activation not in _ACTIVATIONS:
         raise ValueError(f"rnnt option activation={activation!r}: use one of {sorted(_ACTIVATIONS)}")
-    if fused and implementation == "reference":
-        raise ValueError("rnnt: fused=True has no 'reference' implementation; use 'xla'")
+    if implementation not in (None, "xla", "pallas", "reference"):
+        raise ValueError(f"rnnt option implementation={implementation!r}: use None, 'xla', "
+                         "'pallas' or 'reference'")
+    if implementation == "reference" and clamp is not None:
+        raise ValueError("rnnt: implementation='reference' cannot apply clamp (it differentiates "
+                         "the definition by autodiff); use 'xla' or 'pallas', or drop clamp")
 
     def term(batch, outputs, params):
         labels = batch["tokens"]
@@ -59,20 +74,16 @@ def rnnt(*, implementation: str | None = None, fused: bool = False, fastemit_lam
             per_seq = fused_rnnt_loss(
                 outputs["encoder"], outputs["predictor"], outputs["joint_weight"],
                 outputs["joint_bias"], labels, logit_lengths, label_lengths, blank=blank,
-                reduction="none", fastemit_lambda=fastemit_lambda, activation=activation,
-                implementation=implementation)
+                reduction="none", fastemit_lambda=fastemit_lambda, clamp=clamp,
+                activation=activation, implementation=implementation)
         else:
-            logits = joint_logits(outputs, activation)
-            if implementation == "reference":
-                from jaxslu.kernels.rnnt.reference import rnnt_loss_reference
-                per_seq = rnnt_loss_reference(logits, labels, logit_lengths, label_lengths,
-                                              blank=blank)
-            else:
-                from jaxslu.losses.rnnt import rnnt_loss
-                per_seq = rnnt_loss(logits, labels, logit_lengths, label_lengths, blank=blank,
-                                    reduction="none", fastemit_lambda=fastemit_lambda, clamp=clamp,
-                                    implementation=implementation)
+            from jaxslu.losses.rnnt import rnnt_loss
+            per_seq = rnnt_loss(joint_logits(outputs, activation), labels, logit_lengths,
+                                label_lengths, blank=blank, reduction="none",
+                                fastemit_lambda=fastemit_lambda, clamp=clamp,
+                                implementation=implementation)
         w = batch["weight"].astype(jnp.float32)
+        per_seq = jnp.where(w > 0, per_seq, 0.0)  # padding rows: never inf * 0 = NaN
         if normalize == "sequence":
             value = _weighted_mean(per_seq, w)
         else:

@@ -1,4 +1,4 @@
-"""Gated residual feed-forward block (compute-cost amortized Transformer, METHODS.md 1.3).
+"""Gated residual feed-forward block (compute-cost amortized Transformer, Xie et al., "Compute Cost Amortized Transformer for Streaming ASR", Interspeech 2022).
 
 `gated_ffn(x, gate, params, ...) -> (y, executed_flops)`: y = x + gate * FFN(LN(x)) where frames
 with gate == 0 are skipped (XLA compaction on CPU, tile-skipping Pallas kernels on TPU / GPU), not

@@ -13,8 +13,10 @@ Layout: frames flattened to N = B*T rows, padded to a multiple of `tile_rows` (1
 * Inside an active tile, rows with gate == 0 are masked (`jnp.where`) to exactly x; the matmuls
   still run on the whole tile (tile granularity is the price of MXU-shaped work).
 * Weights / LN / biases are whole blocks with a constant index map: DMA'd once, resident in VMEM
-  (D*H*2 weights must fit VMEM, e.g. D=512, H=2048 fp32 = 8 MiB). An H-chunked variant would be
-  the next step for larger blocks.
+  (D*H*2 weights, double-buffered by the pipeline, must fit VMEM, e.g. D=512, H=2048 fp32 =
+  16 MiB). `vmem_bytes` estimates the need and the call requests it (`vmem_limit_bytes`, up to
+  VMEM_CAP = 56 MiB); beyond that it raises NotImplementedError, so implementation=None uses XLA.
+  An H-chunked variant would be the next step for larger blocks.
 * Grid semantics "arbitrary" (sequential): with "parallel" (megacore split) a core whose steps are
   all past `count` would write its never-filled output buffer back over a real tile.
 * No active tile at all: step 0 still maps to tile 0 and Mosaic writes that output block back at
@@ -37,6 +39,20 @@ from jax.experimental.pallas import tpu as pltpu
 from jaxslu.kernels.gated_block.reference import GatedFFNParams, ffn_rows
 
 TILE_ROWS = 128
+# Largest VMEM request: below the 64 MiB per TensorCore of v7x (v5e / v6e have 128 MiB), leaving
+# room for Mosaic's internal scratch. Mosaic's default scoped limit (16 MiB on v5e, 32 MiB on
+# v6e) is lower than what resident weights need at realistic sizes, so the call asks for its
+# estimate explicitly.
+VMEM_CAP = 56 << 20
+
+
+def vmem_bytes(tile_rows: int, d: int, h: int, itemsize: int) -> int:
+    """VMEM estimate of one grid step: the double-buffered blocks (the constant-index weight blocks
+    are still allocated twice by the pipeline) plus the fp32 intermediates of `ffn_rows` (the
+    [rows, H] activation and a few [rows, D] values)."""
+    blocks = 2 * itemsize * (2 * d * h + h + 3 * d + 2 * tile_rows * d) + 2 * 4 * tile_rows
+    temps = 4 * (2 * tile_rows * h + 6 * tile_rows * d)
+    return blocks + temps
 
 
 def active_tiles(g_rows: jax.Array, tile_rows: int) -> tuple[jax.Array, jax.Array]:
@@ -114,13 +130,21 @@ def gated_ffn_pallas_tpu(x: jax.Array, gate: jax.Array, p: GatedFFNParams, *,
         ],
         out_specs=pl.BlockSpec((tile_rows, D), row_map),
     )
+    vmem = vmem_bytes(tile_rows, D, H, jnp.dtype(x.dtype).itemsize)
+    if vmem > VMEM_CAP:
+        raise NotImplementedError(
+            f"gated_ffn_pallas_tpu: D={D}, H={H} keeps {vmem >> 20} MiB of weights and "
+            f"intermediates in VMEM (cap {VMEM_CAP >> 20} MiB); use implementation='xla' (an "
+            "H-chunked grid axis would lift this)")
     yf = pl.pallas_call(
         functools.partial(_kernel, activation=activation),
         out_shape=jax.ShapeDtypeStruct(xf.shape, xf.dtype),
         grid_spec=grid_spec,
         # operand order: ids, count, x, ...: x (operand 2) is reused as the output buffer.
         input_output_aliases={2: 0},
-        compiler_params=pltpu.CompilerParams(dimension_semantics=("arbitrary",)),
+        compiler_params=pltpu.CompilerParams(
+            dimension_semantics=("arbitrary",),
+            vmem_limit_bytes=min(VMEM_CAP, max(32 << 20, vmem + (4 << 20)))),
         interpret=interpret,
         name="gated_ffn_tpu",
     )(ids, count, xf, g.reshape(-1, 1), p.ln_scale.reshape(1, D), p.ln_bias.reshape(1, D),

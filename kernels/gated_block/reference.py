@@ -1,6 +1,6 @@
 """Dense reference for the gated residual feed-forward block, and the row math every path shares.
 
-Block (section 1.3 of METHODS.md, compute-cost amortized Transformer):
+Block (compute-cost amortized Transformer; Xie et al., "Compute Cost Amortized Transformer for Streaming ASR", Interspeech 2022):
 
     y = x + gate[..., None] * FFN(LN(x)),   FFN(h) = act(h @ W1 + b1) @ W2 + b2
 

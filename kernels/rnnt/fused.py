@@ -21,7 +21,11 @@ Peak memory: a few [B, Tc, U+1, J] slabs plus one [B, Tc, U+1, tile_v] tile, plu
 lattice. `t_chunk=None` picks Tc so that one slab holds about `_AUTO_CHUNK_ELEMENTS` elements
 (chunking over T costs little: each chunk still runs full-size matmuls). The joint runs in fp32
 (inputs cast up), gradients are returned in each input's dtype; matmuls use the backend's default
-precision. No gradient clamp here (the public fused API has none).
+precision (TF32 tensor cores for fp32 on Ampere+ GPUs unless jax_default_matmul_precision says
+otherwise, the same choice as the Pallas GPU kernel). `clamp` (torchaudio's gradient clip of
+d loss / d logits, applied inside the fused computation) switches the backward to
+`_backward_clamped`, which forms each logit-gradient tile in full because the clip does not
+distribute over the dense and one-hot parts.
 """
 from __future__ import annotations
 
@@ -156,6 +160,55 @@ def _backward(encoder, predictor, weight, bias, labels, lse, k_soft, k_blank, k_
     return _unchunk(d_enc, T), d_pred, d_weight, d_bias
 
 
+def _backward_clamped(encoder, predictor, weight, bias, labels, lse, soft, pb, pe, g, blank,
+                      activation, tile_v, t_chunk, clamp):
+    """Gradients with torchaudio's clamp: each entry of d loss_b / d logits is clipped to
+    [-clamp, clamp] before the cotangent g_b multiplies it, so the dense and one-hot parts can no
+    longer be split (clipping is not linear). Each [B, Tc, U+1, tile_v] tile of
+        dlogits = clip(softmax * soft - pb [v == blank] - pe [v == label], -c, c) * g
+    is therefore formed in full (the one-hot terms by comparing the tile's vocabulary ids, no
+    gather or scatter) and multiplied back into dh, d_weight and d_bias. Same memory bound as the
+    unclamped path; slightly more elementwise work per tile.
+    """
+    act = ACTIVATIONS[activation]
+    B, T, J = encoder.shape
+    U1 = predictor.shape[1]
+    V = weight.shape[1]
+    tv, n_tiles, tc, n_chunks = _plan(B, T, U1, J, V, tile_v, t_chunk)
+    w_tiles, b_tiles = _tiles(weight, bias, tv, n_tiles)
+    lab = jnp.concatenate([labels, jnp.zeros((B, 1), jnp.int32)], axis=1)[:, None, :, None]
+    g4 = g.astype(_F32)[:, None, None, None]
+
+    def chunk_step(carry, xs):
+        dw_tiles, db_tiles, d_pred = carry
+        enc_c, lse_c, soft_c, pb_c, pe_c = xs
+        h, act_vjp = jax.vjp(act, enc_c[:, :, None, :] + predictor[:, None, :, :])
+
+        def tile_step(dh, wbk):
+            w_t, b_t, k = wbk
+            v = k * tv + lax.broadcasted_iota(jnp.int32, (1, 1, 1, tv), 3)
+            p = jnp.exp(jnp.einsum("btuj,jv->btuv", h, w_t) + b_t - lse_c[..., None])
+            dl = (p * soft_c[..., None] - jnp.where(v == blank, pb_c[..., None], 0.0)
+                  - jnp.where(v == lab, pe_c[..., None], 0.0))
+            dl = jnp.clip(dl, -clamp, clamp) * g4  # padded ids: p = 0, never blank/label
+            dh = dh + jnp.einsum("btuv,jv->btuj", dl, w_t)
+            return dh, (jnp.einsum("btuj,btuv->jv", h, dl), jnp.sum(dl, axis=(0, 1, 2)))
+
+        dh, (dw_c, db_c) = lax.scan(tile_step, jnp.zeros(h.shape, _F32),
+                                    (w_tiles, b_tiles, jnp.arange(n_tiles)))
+        (dpre,) = act_vjp(dh)
+        return (dw_tiles + dw_c, db_tiles + db_c, d_pred + jnp.sum(dpre, axis=1)), \
+            jnp.sum(dpre, axis=2)
+
+    init = (jnp.zeros((n_tiles, J, tv), _F32), jnp.zeros((n_tiles, tv), _F32),
+            jnp.zeros((B, U1, J), _F32))
+    xs = tuple(_chunks(x, tc, n_chunks) for x in (encoder, lse, soft, pb, pe))
+    (dw_tiles, db_tiles, d_pred), d_enc = lax.scan(chunk_step, init, xs)
+    d_weight = dw_tiles.transpose(1, 0, 2).reshape(J, n_tiles * tv)[:, :V]
+    d_bias = db_tiles.reshape(-1)[:V]
+    return _unchunk(d_enc, T), d_pred, d_weight, d_bias
+
+
 def _loss_and_state(encoder, predictor, weight, bias, labels, logit_lengths, label_lengths, blank,
                     activation, tile_v, t_chunk):
     lse, blank_lp, emit_lp = _forward(encoder, predictor, weight, bias, labels, blank, activation,
@@ -164,15 +217,15 @@ def _loss_and_state(encoder, predictor, weight, bias, labels, logit_lengths, lab
     return -ll, lse, ll, state
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(7, 8, 9, 10, 11))
+@functools.partial(jax.custom_vjp, nondiff_argnums=(7, 8, 9, 10, 11, 12))
 def _fused(encoder, predictor, weight, bias, labels, logit_lengths, label_lengths, blank,
-           fastemit_lambda, activation, tile_v, t_chunk):
+           fastemit_lambda, activation, tile_v, t_chunk, clamp):
     return _loss_and_state(encoder, predictor, weight, bias, labels, logit_lengths, label_lengths,
                            blank, activation, tile_v, t_chunk)[0]
 
 
 def _fused_fwd(encoder, predictor, weight, bias, labels, logit_lengths, label_lengths, blank,
-               fastemit_lambda, activation, tile_v, t_chunk):
+               fastemit_lambda, activation, tile_v, t_chunk, clamp):
     loss, lse, ll, state = _loss_and_state(encoder, predictor, weight, bias, labels, logit_lengths,
                                            label_lengths, blank, activation, tile_v, t_chunk)
     blank_post, emit_post = _xla.lattice_posteriors(state, ll, logit_lengths, label_lengths,
@@ -180,10 +233,15 @@ def _fused_fwd(encoder, predictor, weight, bias, labels, logit_lengths, label_le
     return loss, (encoder, predictor, weight, bias, labels, lse, blank_post, emit_post)
 
 
-def _fused_bwd(blank, fastemit_lambda, activation, tile_v, t_chunk, res, g):
+def _fused_bwd(blank, fastemit_lambda, activation, tile_v, t_chunk, clamp, res, g):
     encoder, predictor, weight, bias, labels, lse, blank_post, emit_post = res
-    g = g.astype(_F32)[:, None, None]
     emit_w = (1.0 + fastemit_lambda) * emit_post
+    if clamp is not None:
+        grads = _backward_clamped(encoder, predictor, weight, bias, labels, lse,
+                                  blank_post + emit_w, blank_post, emit_w, g, blank, activation,
+                                  tile_v, t_chunk, clamp)
+        return grads + (None, None, None)
+    g = g.astype(_F32)[:, None, None]
     k_soft = (blank_post + emit_w) * g
     grads = _backward(encoder, predictor, weight, bias, labels, lse, k_soft, -blank_post * g,
                       -emit_w * g, blank, activation, tile_v, t_chunk)
@@ -194,16 +252,19 @@ _fused.defvjp(_fused_fwd, _fused_bwd)
 
 
 @functools.partial(jax.jit, static_argnames=("blank", "fastemit_lambda", "activation", "tile_v",
-                                             "t_chunk"))
+                                             "t_chunk", "clamp"))
 def fused_rnnt_loss(encoder: jax.Array, predictor: jax.Array, weight: jax.Array, bias: jax.Array,
                     labels: jax.Array, logit_lengths: jax.Array, label_lengths: jax.Array, *,
                     blank: int = 0, fastemit_lambda: float = 0.0, activation: str = "tanh",
-                    tile_v: int = DEFAULT_TILE_V, t_chunk: int | None = None) -> jax.Array:
+                    tile_v: int = DEFAULT_TILE_V, t_chunk: int | None = None,
+                    clamp: float | None = None) -> jax.Array:
     """Per-sequence RNN-T loss [B] fp32 of the joint's logits, computed tile by tile.
 
     encoder [B, T, J], predictor [B, U+1, J], weight [J, V], bias [V]; gradients flow to all four
     (in their own dtypes). tile_v: vocabulary columns per tile; t_chunk: frames per chunk (None:
-    automatic, see module docstring). No input checks: see api.fused_rnnt_loss.
+    automatic, see module docstring). clamp: clip each entry of d loss_b / d logits to
+    [-clamp, clamp] before the cotangent multiplies it (as `xla.rnnt_loss` does on materialized
+    logits; None: no clipping). No input checks: see api.fused_rnnt_loss.
     """
     if activation not in ACTIVATIONS:
         raise ValueError(f"activation={activation!r}: use one of {sorted(ACTIVATIONS)}")
@@ -211,5 +272,5 @@ def fused_rnnt_loss(encoder: jax.Array, predictor: jax.Array, weight: jax.Array,
     # Autodiff through astype returns each input's gradient in that input's dtype.
     f32 = [x.astype(_F32) for x in (encoder, predictor, weight, bias)]
     return _fused(*f32, labels, logit_lengths, label_lengths, int(blank), float(fastemit_lambda),
-                  activation, int(tile_v), t_chunk)
+                  activation, int(tile_v), t_chunk, None if clamp is None else float(clamp))
 

@@ -37,8 +37,10 @@ Open choices, decided here:
   XLA around the recursion kernel (`skew` / `unskew`).
 * `NEG = -1e30` instead of -inf (as in reference.py): sums of two or three NEGs stay finite in
   fp32, so masking never produces inf - inf = NaN.
-* Lengths are validated eagerly when concrete (a clear error); under `jit` they are traced, and
-  rows outside [1, T] / [0, U] are then clipped into range rather than reading out of bounds.
+* Lengths and labels are validated eagerly when concrete (a clear error); under `jit` they are
+  traced, and the kernels run on in-range copies (`validity.sanitize`) whose loss is then replaced
+  per sequence: +inf for a zero-frame sequence, NaN for out-of-range lengths or labels, gradient
+  zero (`validity.apply_status`, the behaviour every implementation shares).
 """
 from __future__ import annotations
 
@@ -49,6 +51,8 @@ from typing import Callable, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from jaxslu.kernels.rnnt import validity
 
 NEG = -1e30
 
@@ -86,15 +90,10 @@ def next_pow2(x: int) -> int:
     return 1 << max(0, (int(x) - 1).bit_length())
 
 
-class Inputs(NamedTuple):
-    labels: jax.Array  # [B, U] int32
-    logit_lengths: jax.Array  # [B] int32, clipped to [1, T]
-    label_lengths: jax.Array  # [B] int32, clipped to [0, U]
-
-
 def check_inputs(B: int, T: int, U1: int, V: int, labels, logit_lengths, label_lengths, blank: int,
-                 where: str) -> Inputs:
-    """Validate shapes/dtypes (and values, when concrete) of the non-differentiable inputs."""
+                 where: str) -> validity.Sanitized:
+    """Validate shapes/dtypes (and values, when concrete) of the non-differentiable inputs; return
+    their in-range copies and the per-sequence status (`validity.sanitize`)."""
     labels = jnp.asarray(labels)
     logit_lengths = jnp.asarray(logit_lengths)
     label_lengths = jnp.asarray(label_lengths)
@@ -109,25 +108,23 @@ def check_inputs(B: int, T: int, U1: int, V: int, labels, logit_lengths, label_l
             raise ValueError(f"{where}: {name} must have shape [B] = ({B},), got {x.shape}")
     if not 0 <= blank < V:
         raise ValueError(f"{where}: blank={blank} must index the vocabulary [0, {V})")
-    if not isinstance(logit_lengths, jax.core.Tracer):
+    if not validity.is_traced(logit_lengths):
         ll = np.asarray(logit_lengths)
         if ll.size and (ll.min() < 1 or ll.max() > T):
             raise ValueError(f"{where}: logit_lengths must lie in [1, T={T}], got {ll.tolist()}; "
                              "every sequence needs at least one frame")
-    if not isinstance(label_lengths, jax.core.Tracer):
+    if not validity.is_traced(label_lengths):
         ul = np.asarray(label_lengths)
         if ul.size and (ul.min() < 0 or ul.max() > U1 - 1):
             raise ValueError(f"{where}: label_lengths must lie in [0, U={U1 - 1}], got {ul.tolist()}")
-    if not isinstance(labels, jax.core.Tracer) and labels.size:
+    if not validity.is_traced(labels) and labels.size:
         lab = np.asarray(labels)
-        ul = None if isinstance(label_lengths, jax.core.Tracer) else np.asarray(label_lengths)
+        ul = None if validity.is_traced(label_lengths) else np.asarray(label_lengths)
         valid = lab if ul is None else lab[np.arange(U1 - 1)[None, :] < ul[:, None]]
         if valid.size and (valid.min() < 0 or valid.max() >= V):
             raise ValueError(f"{where}: labels must lie in [0, V={V}), got values in "
                              f"[{valid.min()}, {valid.max()}]")
-    return Inputs(labels.astype(jnp.int32),
-                  jnp.clip(logit_lengths.astype(jnp.int32), 1, T),
-                  jnp.clip(label_lengths.astype(jnp.int32), 0, U1 - 1))
+    return validity.sanitize(labels, logit_lengths, label_lengths, T, U1 - 1, V)
 
 
 def extend_labels(labels: jax.Array, V: int) -> jax.Array:
@@ -166,7 +163,7 @@ class Backend(NamedTuple):
     recursion(blank_lp, emit_lp, T_len, U_len, lam) -> (loss [B], soft, pb, pe)     coefficients [B, T, U1]
     grad(logits, lse, soft, pb, pe, labels_ext, T_len, U_len, g, clamp) -> dlogits  [B, T, U1, V] fp32
     joint_logprobs(enc, pred, W, bias, labels_ext, T_len, U_len) -> (lse, blank_lp, emit_lp)
-    joint_grad(enc, pred, W, bias, lse, soft, pb, pe, labels_ext, T_len, U_len, g)
+    joint_grad(enc, pred, W, bias, lse, soft, pb, pe, labels_ext, T_len, U_len, g, clamp)
         -> (d_enc, d_pred, d_W, d_bias)
     """
     logprobs: Callable
@@ -198,7 +195,7 @@ def build_loss_functions(stages, blank: int, fastemit_lambda: float, clamp: floa
                                      interpret=interpret, **kw),
     )
     return (make_rnnt_loss(backend, fastemit_lambda, clamp),
-            make_fused_rnnt_loss(backend, fastemit_lambda))
+            make_fused_rnnt_loss(backend, fastemit_lambda, clamp))
 
 
 def checked_rnnt_loss(loss_functions, where: str, logits, labels, logit_lengths, label_lengths, *,
@@ -208,18 +205,21 @@ def checked_rnnt_loss(loss_functions, where: str, logits, labels, logit_lengths,
     inp = check_inputs(B, T, U1, V, labels, logit_lengths, label_lengths, blank, where)
     clamp = None if clamp is None or clamp <= 0 else float(clamp)
     fn, _ = loss_functions(int(blank), float(fastemit_lambda), clamp, interpret)
-    return fn(logits, extend_labels(inp.labels, V), inp.logit_lengths, inp.label_lengths)
+    per_seq = fn(logits, extend_labels(inp.labels, V), inp.logit_lengths, inp.label_lengths)
+    return validity.apply_status(per_seq, inp)
 
 
 def checked_fused_rnnt_loss(loss_functions, where: str, encoder, predictor, weight, bias, labels,
                             logit_lengths, label_lengths, *, blank: int, fastemit_lambda: float,
-                            activation: str, interpret):
+                            clamp: float | None, activation: str, interpret):
     """The public `fused_rnnt_loss` of a backend module: check inputs, pick, call."""
     B, T, U1, J, V = check_joint(encoder, predictor, weight, bias, activation, where)
     inp = check_inputs(B, T, U1, V, labels, logit_lengths, label_lengths, blank, where)
-    _, fn = loss_functions(int(blank), float(fastemit_lambda), None, interpret, activation)
-    return fn(encoder, predictor, weight, bias, extend_labels(inp.labels, V),
-              inp.logit_lengths, inp.label_lengths)
+    clamp = None if clamp is None or clamp <= 0 else float(clamp)
+    _, fn = loss_functions(int(blank), float(fastemit_lambda), clamp, interpret, activation)
+    per_seq = fn(encoder, predictor, weight, bias, extend_labels(inp.labels, V),
+                 inp.logit_lengths, inp.label_lengths)
+    return validity.apply_status(per_seq, inp)
 
 
 def make_rnnt_loss(backend: Backend, fastemit_lambda: float, clamp: float | None):
@@ -243,8 +243,10 @@ def make_rnnt_loss(backend: Backend, fastemit_lambda: float, clamp: float | None
     return loss_fn
 
 
-def make_fused_rnnt_loss(backend: Backend, fastemit_lambda: float):
-    """The differentiable loss(enc, pred, W, bias, labels_ext, T_len, U_len) -> [B]."""
+def make_fused_rnnt_loss(backend: Backend, fastemit_lambda: float, clamp: float | None):
+    """The differentiable loss(enc, pred, W, bias, labels_ext, T_len, U_len) -> [B]; clamp clips
+    each d loss / d logits entry (recomputed tile by tile inside joint_grad) before the cotangent
+    and the joint's chain rule, exactly as the unfused loss clips its logits' gradient."""
 
     def forward(enc, pred, W, bias, labels_ext, tl, ul):
         lse, blank_lp, emit_lp = backend.joint_logprobs(enc, pred, W, bias, labels_ext, tl, ul)
@@ -258,7 +260,7 @@ def make_fused_rnnt_loss(backend: Backend, fastemit_lambda: float):
     def bwd(res, g):
         enc, pred, W, bias, lse, soft, pb, pe, labels_ext, tl, ul = res
         d_enc, d_pred, d_W, d_bias = backend.joint_grad(
-            enc, pred, W, bias, lse, soft, pb, pe, labels_ext, tl, ul, g.astype(jnp.float32))
+            enc, pred, W, bias, lse, soft, pb, pe, labels_ext, tl, ul, g.astype(jnp.float32), clamp)
         return (d_enc.astype(enc.dtype), d_pred.astype(pred.dtype), d_W.astype(W.dtype),
                 d_bias.astype(bias.dtype), None, None, None)
 

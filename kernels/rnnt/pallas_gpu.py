@@ -24,13 +24,52 @@ Triton-specific choices:
   through a small global-memory row (store at offset 1, load at offset 0 or 2, with
   `debug_barrier` (__syncthreads) around it) instead of a register shuffle, which Triton lacks.
 * **Fused joint.** Forward: one program per (b, t, u-tile) builds h = act(enc[t] + pred[u-tile])
-  ([bu, J]) in registers and multiplies it by each [J, bv] weight tile (`dot`, fp32 accumulation,
-  full fp32 precision for fp32 inputs). Backward: one program per (b, u-tile) loops over its
-  frames and vocabulary tiles accumulating dh = dlogits @ W^T (d_pred in registers, d_enc partial
-  sums per u-tile); one program per (v-tile, b) accumulates d_W = h^T dlogits and d_bias over its
-  sequence's tiles. Per-sequence partial sums are added in XLA: deterministic, no atomics. J is
+  ([bu, Jp]) in registers and multiplies it by each [Jp, bv] weight tile (`dot`, fp32
+  accumulation). Backward: one program per (b, u-tile, frame chunk) loops over its frames and
+  vocabulary tiles accumulating dh = dlogits @ W^T (d_enc rows per frame and u-tile, d_pred
+  partial sums per frame chunk); one program per (v-tile, b, frame chunk) accumulates
+  d_W = h^T dlogits and d_bias. Partial sums are added in XLA: deterministic, no atomics. J is
   padded to a power of two >= 16 (Triton's dot minimum) in the wrapper; the parameters are small.
 * `interpret=True` runs the same kernels with Pallas' generic interpreter (CPU tests).
+
+**Sizing for real hardware** (H100 / H200, sm_90: 132 SMs; per SM 228 KiB of shared memory, of
+which one program may use at most 227 KiB, and 64 K 32-bit registers, at most 255 per thread).
+Triton software-pipelines every load inside a loop whose result feeds a `dot` into shared memory,
+`num_stages` copies deep, and keeps loop-carried values and `dot` accumulators in registers; a
+config that exceeds either budget fails to compile ("out of resource: shared memory") or spills
+to local memory. The sizes below follow jax's own Pallas Triton ops (ops/gpu/attention.py: 4
+warps, or 8 for head dims > 64, 2 stages; layer_norm.py: 4 KiB-64 KiB row blocks, <= 8 warps) and
+tokamax's heuristics for its Triton flash attention (tiles 16..64 on a side, block_q * block_k *
+block_d <= 64^3 elements, 4 warps, 2 stages, 1 stage on sm_80 for wide rows):
+* logit stages: [32, 128] fp32 tiles (16 KiB; 32 values per thread at 4 warps), 2 stages;
+* joint (`joint_config`): bv chosen so the pipelined [Jp, bv] weight tile stays within 64 KiB
+  over its 2 stages and a [Jp, bv] fp32 accumulator (d_W) within 8 K elements (32 registers per
+  thread at 8 warps); bu = 32 (forward) / 16 (backward, which carries h, dh and d_pred, three
+  [bu, Jp] fp32 values, 48 registers per thread at Jp = 256 and 8 warps). Jp > 512 (J > 512) is
+  not taken (NotImplementedError -> XLA under implementation=None): its [16, Jp] rows alone would
+  need ~100 registers per thread. (The previous [Jp, 128] fp32 weight tile was 128 KiB per stage,
+  256 KiB over 2 stages at J = 256: more than an H100 has.)
+* backward grid: the two backward kernels also split the frames into chunks so that they launch
+  about `_TARGET_PROGRAMS` (1024, ~8 per SM) programs; one program per (b, u-tile) gave only
+  B * nu (e.g. 16 * 2 = 32 of 132 SMs busy, each walking all T frames).
+* precision: fp32 `dot`s use the default precision, which Triton runs as TF32 on tensor cores
+  (10-bit mantissa, unit roundoff 2^-11 per operand, fp32 accumulation), the same as XLA's own
+  fp32 matmuls on the GPU; `jax_default_matmul_precision="highest"` still selects IEEE fp32 on CUDA
+  cores (>10x slower on an H100). The joint logits then carry ~1e-3 relative error; the kernel
+  tests state the tolerances they use on a GPU for it (tests/kernels/test_rnnt_pallas.py). bf16
+  operands use bf16 tensor cores with fp32 accumulation. The logit stages and the recursion have
+  no dot and compute in fp32 throughout.
+Checked without a GPU: `benchmarks/triton_resources.py` compiles each kernel's Triton IR (as jax
+lowers it for CUDA) for sm_90 with the `triton` package and ptxas and records shared memory,
+registers and spills (results/benchmarks/triton_resources_sm90.json). At (16, 200, 50, 1000),
+J = 256 fp32 the previous joint kernels used 164-214 KiB of shared memory and spilled 19-65 KB of
+registers per thread; now the forward and the activation backward fit with no spill, and the
+weight backward still reaches 255 registers with a spill of ~170 B (fp32) / ~380 B (bf16): the
+first dot's [Jp, bv] weight operand is held in registers in the MMA operand layout with the
+whole K = Jp at once; splitting K into 64-wide chunks is the next step for that kernel.
+None of this has been run by Triton on a GPU from this repository yet (no GPU was available;
+`scripts/device_check.py` is the check to run there): under implementation=None the API compiles
+the kernels ahead of time for the call's shapes and falls back to XLA if Triton rejects them.
 """
 from __future__ import annotations
 
@@ -46,16 +85,63 @@ from jaxslu.kernels.rnnt import pallas_common as pc
 
 NEG = pc.NEG
 
+# Launch about this many programs in each backward kernel of the fused joint: ~8 per SM of a
+# 132-SM H100 / H200, so a wave of 1-2 resident programs per SM never leaves SMs idle at the tail.
+_TARGET_PROGRAMS = 1024
+# Cap on the fp32 partial sums the chunked backward writes (summed in XLA afterwards).
+_PARTIAL_BYTES = 256 << 20
+# The fused joint takes J padded to at most this (see the module docstring).
+MAX_JOINT_DIM = 512
+# Shared memory the pipelined weight tile of the joint may use over its stages (of 227 KiB).
+_W_TILE_SMEM = 64 << 10
+# Elements of a [Jp, bv] fp32 accumulator: 32 registers per thread at 8 warps.
+_ACC_ELEMENTS = 8192
+_STAGES = 2
 
-def _params(num_warps: int = 4) -> plgpu.CompilerParams:
-    return plgpu.CompilerParams(num_warps=num_warps, num_stages=2)
+
+def _params(num_warps: int = 4, num_stages: int = _STAGES) -> plgpu.CompilerParams:
+    return plgpu.CompilerParams(num_warps=num_warps, num_stages=num_stages)
+
+
+def _check_pow2(**blocks):
+    for name, x in blocks.items():
+        if x is not None and (x < 16 or x & (x - 1)):
+            raise ValueError(f"{name}={x} must be a power of two >= 16 (Triton block sizes)")
 
 
 def _tiles(U1: int, V: int, block_u: int, block_v: int) -> tuple[int, int]:
-    for name, x in (("block_u", block_u), ("block_v", block_v)):
-        if x < 16 or x & (x - 1):
-            raise ValueError(f"{name}={x} must be a power of two >= 16 (Triton block sizes)")
+    _check_pow2(block_u=block_u, block_v=block_v)
     return min(block_u, max(16, pc.next_pow2(U1))), min(block_v, max(16, pc.next_pow2(V)))
+
+
+def joint_config(Jp: int, w_itemsize: int) -> dict:
+    """Tile sizes of the fused joint's kernels for a padded joint dim Jp (see the module docstring).
+
+    Returns dict(bu_fwd, bu_bwd, bv, warps_fwd, warps_bwd). Raises NotImplementedError when no
+    tile fits (Jp > MAX_JOINT_DIM).
+    """
+    if Jp > MAX_JOINT_DIM:
+        raise NotImplementedError(
+            f"pallas_gpu fused joint: J padded to {Jp} > {MAX_JOINT_DIM}: its [16, J] rows and "
+            f"[J, 16] weight tiles do not fit the register file of a Triton program; use the XLA "
+            "fused loss (implementation='xla' or None)")
+    bv = 128
+    while bv > 16 and (_STAGES * Jp * bv * w_itemsize > _W_TILE_SMEM or Jp * bv > _ACC_ELEMENTS):
+        bv //= 2
+    return dict(bu_fwd=32 if Jp <= 256 else 16, bu_bwd=16, bv=bv, warps_fwd=4, warps_bwd=8)
+
+
+def _frame_chunks(T: int, parallel: int, slot_bytes: int, block_t: int | None) -> tuple[int, int]:
+    """(frames per chunk, chunks) so that parallel * chunks ~ _TARGET_PROGRAMS and the partial sums
+    (chunks * slot_bytes) stay under _PARTIAL_BYTES; block_t forces the chunk length."""
+    if block_t is None:
+        want = -(-_TARGET_PROGRAMS // max(1, parallel))
+        want = min(want, max(1, _PARTIAL_BYTES // max(1, slot_bytes)), T)
+        block_t = -(-T // max(1, want))
+    if block_t < 1:
+        raise ValueError(f"block_t={block_t} must be >= 1 (frames per backward chunk)")
+    block_t = min(block_t, T)
+    return block_t, -(-T // block_t)
 
 
 def _row_mask(b, t, j, bu, U1, tl_ref, ul_ref):
@@ -111,8 +197,14 @@ def _logprobs_kernel(tl_ref, ul_ref, lab_ref, x_ref, lse_ref, blank_ref, emit_re
                     b, t, j, bu, in_u)
 
 
-def logprobs(logits, labels_ext, tl, ul, *, blank, interpret, block_u=32, block_v=128):
-    """(lse, blank_lp, emit_lp), each [B, T, U+1] fp32, from logits [B, T, U+1, V]."""
+def logprobs(logits, labels_ext, tl, ul, *, blank, interpret, block_u=32, block_v=128,
+             block_t=None):
+    """(lse, blank_lp, emit_lp), each [B, T, U+1] fp32, from logits [B, T, U+1, V].
+
+    [32, 128] tiles: 16 KiB of fp32 logits per tile, 32 values per thread at 4 warps; the two
+    pipeline stages of the tile loads take 32 KiB of shared memory. (block_t is unused here.)
+    """
+    del block_t
     B, T, U1, V = logits.shape
     bu, bv = _tiles(U1, V, block_u, block_v)
     nu, nk = pl.cdiv(U1, bu), pl.cdiv(V, bv)
@@ -173,7 +265,11 @@ def _recursion_kernel(tl_ref, ul_ref, blank_ref, emit_ref, ll_ref, soft_ref, pb_
 
 
 def recursion(blank_lp, emit_lp, tl, ul, lam, *, interpret):
-    """(loss [B], soft, pb, pe [B, T, U+1]) from blank/emit log-probs [B, T, U+1]."""
+    """(loss [B], soft, pb, pe [B, T, U+1]) from blank/emit log-probs [B, T, U+1].
+
+    One program per sequence (the diagonals are sequential); one lattice cell per thread, so
+    U1p / 32 warps (1..4): fewer warps make the two barriers around each shift cheaper.
+    """
     B, T, U1 = blank_lp.shape
     U1p = pc.next_pow2(U1)
     D = T + U1 - 1
@@ -185,7 +281,7 @@ def recursion(blank_lp, emit_lp, tl, ul, lam, *, interpret):
         out_shape=(jax.ShapeDtypeStruct((B, 1), jnp.float32), skewed, skewed, skewed, skewed,
                    jax.ShapeDtypeStruct((B, U1p + 2), jnp.float32)),
         grid=(B,),
-        compiler_params=_params(),
+        compiler_params=_params(num_warps=max(1, min(4, U1p // 32))),
         interpret=interpret,
         name="rnnt_recursion_gpu",
     )(tl, ul, bs, es)
@@ -238,8 +334,10 @@ def _grad_kernel(tl_ref, ul_ref, g_ref, lab_ref, x_ref, lse_ref, soft_ref, pb_re
 
 
 def grad(logits, lse, soft, pb, pe, labels_ext, tl, ul, g, clamp, *, blank, interpret,
-         block_u=32, block_v=128):
-    """d loss / d logits [B, T, U+1, V] (logits' dtype), times the loss cotangent g [B]."""
+         block_u=32, block_v=128, block_t=None):
+    """d loss / d logits [B, T, U+1, V] (logits' dtype), times the loss cotangent g [B]; the same
+    [32, 128] tiles as `logprobs`, one program per (b, t, u-tile): B * T * nu programs."""
+    del block_t
     B, T, U1, V = logits.shape
     bu, bv = _tiles(U1, V, block_u, block_v)
     nu, nk = pl.cdiv(U1, bu), pl.cdiv(V, bv)
@@ -257,10 +355,10 @@ def grad(logits, lse, soft, pb, pe, labels_ext, tl, ul, g, clamp, *, blank, inte
 # Fused joint.
 
 def _dot(a, b, contract=((1,), (0,))):
-    """fp32-accumulating dot; full fp32 precision for fp32 operands (Triton would pick TF32)."""
-    prec = jax.lax.Precision.HIGHEST if a.dtype == jnp.float32 else None
-    return jax.lax.dot_general(a, b, (contract, ((), ())), precision=prec,
-                               preferred_element_type=jnp.float32)
+    """fp32-accumulating dot at the default precision: TF32 tensor cores for fp32 operands (unless
+    jax_default_matmul_precision asks for more), bf16 tensor cores for bf16 ones. Not HIGHEST:
+    that lowers to IEEE fp32 FMAs on CUDA cores, >10x slower on an H100 (module docstring)."""
+    return jax.lax.dot_general(a, b, (contract, ((), ())), preferred_element_type=jnp.float32)
 
 
 def _hidden(enc_ref, pred_ref, b, t, j, bu, U1, activation):
@@ -309,12 +407,24 @@ def _pad_joint(enc, pred, W):
     return padj(enc), padj(pred), jnp.pad(W, ((0, Jp - J), (0, 0))), Jp
 
 
+def _joint_blocks(J: int, W, V: int, block_u, block_v) -> tuple[int, int, int, dict]:
+    """(Jp, bu_fwd, bu_bwd, bv, config) with explicit block_u / block_v overriding the config."""
+    _check_pow2(block_u=block_u, block_v=block_v)
+    Jp = max(16, pc.next_pow2(J))
+    cfg = joint_config(Jp, jnp.dtype(W.dtype).itemsize)
+    cap_v = max(16, pc.next_pow2(V))
+    bv = min(block_v or cfg["bv"], cap_v)
+    return Jp, block_u or cfg["bu_fwd"], block_u or cfg["bu_bwd"], bv, cfg
+
+
 def joint_logprobs(enc, pred, W, bias, labels_ext, tl, ul, *, blank, activation, interpret,
-                   block_u=32, block_v=128):
-    """(lse, blank_lp, emit_lp) [B, T, U+1] fp32 of the fused joint's logits."""
-    B, T, _ = enc.shape
+                   block_u=None, block_v=None, block_t=None):
+    """(lse, blank_lp, emit_lp) [B, T, U+1] fp32 of the fused joint's logits (B * T * nu programs)."""
+    del block_t
+    B, T, J = enc.shape
     U1, V = pred.shape[1], W.shape[1]
-    bu, bv = _tiles(U1, V, block_u, block_v)
+    _, bu, _, bv, cfg = _joint_blocks(J, W, V, block_u, block_v)
+    bu = min(bu, max(16, pc.next_pow2(U1)))
     nu, nk = pl.cdiv(U1, bu), pl.cdiv(V, bv)
     enc_p, pred_p, W_p, _ = _pad_joint(enc, pred, W)
     out = jax.ShapeDtypeStruct((B, T, U1), jnp.float32)
@@ -323,29 +433,32 @@ def joint_logprobs(enc, pred, W, bias, labels_ext, tl, ul, *, blank, activation,
                           activation=activation),
         out_shape=(out, out, out),
         grid=(B, T, nu),
-        compiler_params=_params(),
+        compiler_params=_params(num_warps=cfg["warps_fwd"]),
         interpret=interpret,
         name="rnnt_joint_logprobs_gpu",
     )(tl, ul, labels_ext, enc_p, pred_p, W_p, bias)
 
 
-def _joint_dlogits(h, w, bias, k, bv, V, valid, lse, soft, pb, pe, lab, blank, g):
+def _joint_dlogits(h, w, bias, k, bv, V, valid, lse, soft, pb, pe, lab, blank, g, clamp):
     x = _joint_logits(h, w, bias)
     v = k * bv + jnp.arange(bv, dtype=jnp.int32)[None, :]
-    dl = pc.logits_grad(x, v, valid, lse, soft, pb, pe, lab[:, None], blank, g, None)
+    dl = pc.logits_grad(x, v, valid, lse, soft, pb, pe, lab[:, None], blank, g, clamp)
     return jnp.where(v < V, dl, 0.0)
 
 
 def _joint_bwd_act_kernel(tl_ref, ul_ref, g_ref, lab_ref, enc_ref, pred_ref, w_ref, bias_ref,
                           lse_ref, soft_ref, pb_ref, pe_ref, denc_ref, dpred_ref, *,
-                          bu, bv, T, U1, V, blank, nk, activation):
-    """Program (b, u-tile): loops over its frames; d_pred in registers, d_enc partial per u-tile."""
-    b, j = pl.program_id(0), pl.program_id(1)
+                          bu, bv, bt, T, U1, V, blank, nk, activation, clamp):
+    """Program (b, u-tile j, frame chunk i): frames [i*bt, (i+1)*bt); d_pred partial of the chunk in
+    registers, d_enc rows per (u-tile, frame)."""
+    b, j, i = pl.program_id(0), pl.program_id(1), pl.program_id(2)
     Jp = enc_ref.shape[-1]
     u = j * bu + jnp.arange(bu, dtype=jnp.int32)
     in_u = u < U1
     tl, ul = tl_ref[b], ul_ref[b]
-    n_frames = jnp.where(j * bu <= ul, tl, 0)
+    t0 = i * bt
+    t_end = jnp.where(j * bu <= ul, jnp.minimum(t0 + bt, tl), t0)  # frames this program computes
+    t_end = jnp.maximum(t_end, t0)
     lab = plgpu.load(lab_ref.at[b, pl.ds(j * bu, bu)], mask=in_u, other=0)
     g = g_ref[b]
 
@@ -356,7 +469,8 @@ def _joint_bwd_act_kernel(tl_ref, ul_ref, g_ref, lab_ref, enc_ref, pred_ref, w_r
 
         def vocab(k, dh):
             w, bias = _weight_tile(w_ref, bias_ref, k, bv, V)
-            dl = _joint_dlogits(h, w, bias, k, bv, V, valid, lse, soft, pb, pe, lab, blank, g)
+            dl = _joint_dlogits(h, w, bias, k, bv, V, valid, lse, soft, pb, pe, lab, blank, g,
+                                clamp)
             return dh + _dot(dl.astype(w.dtype), w, ((1,), (1,)))
 
         dh = jax.lax.fori_loop(0, nk, vocab, jnp.zeros((bu, Jp), jnp.float32))
@@ -364,25 +478,28 @@ def _joint_bwd_act_kernel(tl_ref, ul_ref, g_ref, lab_ref, enc_ref, pred_ref, w_r
         plgpu.store(denc_ref.at[b, j, pl.ds(t, 1), :], jnp.sum(dpre, axis=0, keepdims=True))
         return dpred + dpre
 
-    dpred = jax.lax.fori_loop(0, n_frames, frame, jnp.zeros((bu, Jp), jnp.float32))
-    plgpu.store(dpred_ref.at[b, pl.ds(j * bu, bu), :], dpred, mask=in_u[:, None])
+    dpred = jax.lax.fori_loop(t0, t_end, frame, jnp.zeros((bu, Jp), jnp.float32))
+    plgpu.store(dpred_ref.at[b, i, pl.ds(j * bu, bu), :], dpred, mask=in_u[:, None])
 
     def zero_frame(t, c):
         plgpu.store(denc_ref.at[b, j, pl.ds(t, 1), :], jnp.zeros((1, Jp), jnp.float32))
         return c
 
-    jax.lax.fori_loop(n_frames, T, zero_frame, 0)
+    jax.lax.fori_loop(t_end, jnp.minimum(t0 + bt, T), zero_frame, 0)
 
 
 def _joint_bwd_weight_kernel(tl_ref, ul_ref, g_ref, lab_ref, enc_ref, pred_ref, w_ref, bias_ref,
                              lse_ref, soft_ref, pb_ref, pe_ref, dw_ref, dbias_ref, *,
-                             bu, bv, U1, V, blank, activation):
-    """Program (v-tile k, b): d_W[:, k] and d_bias[k] summed over sequence b's active tiles."""
-    k, b = pl.program_id(0), pl.program_id(1)
+                             bu, bv, bt, nt, U1, V, blank, activation, clamp):
+    """Program (v-tile k, b, frame chunk i): d_W[:, k] and d_bias[k] over sequence b's active
+    tiles in frames [i*bt, (i+1)*bt), written to partial slot b * nt + i."""
+    k, b, i = pl.program_id(0), pl.program_id(1), pl.program_id(2)
     Jp = enc_ref.shape[-1]
     tl, ul = tl_ref[b], ul_ref[b]
     g = g_ref[b]
     w, bias = _weight_tile(w_ref, bias_ref, k, bv, V)
+    t0 = i * bt
+    t_end = jnp.maximum(jnp.minimum(t0 + bt, tl), t0)
 
     def frame(t, acc):
         def utile(j, acc):
@@ -392,46 +509,58 @@ def _joint_bwd_weight_kernel(tl_ref, ul_ref, g_ref, lab_ref, enc_ref, pred_ref, 
             lab = plgpu.load(lab_ref.at[b, pl.ds(j * bu, bu)], mask=in_u, other=0)
             h = _hidden(enc_ref, pred_ref, b, t, j, bu, U1, activation)
             lse, soft, pb, pe = _node_rows((lse_ref, soft_ref, pb_ref, pe_ref), b, t, j, bu, in_u)
-            dl = _joint_dlogits(h, w, bias, k, bv, V, u <= ul, lse, soft, pb, pe, lab, blank, g)
+            dl = _joint_dlogits(h, w, bias, k, bv, V, u <= ul, lse, soft, pb, pe, lab, blank, g,
+                                clamp)
             return dw + _dot(h, dl, ((0,), (0,))), db + jnp.sum(dl, axis=0)
 
         return jax.lax.fori_loop(0, ul // bu + 1, utile, acc)
 
-    dw, db = jax.lax.fori_loop(0, tl, frame, (jnp.zeros((Jp, bv), jnp.float32),
-                                              jnp.zeros((bv,), jnp.float32)))
-    plgpu.store(dw_ref.at[b, :, pl.ds(k * bv, bv)], dw)
-    plgpu.store(dbias_ref.at[b, pl.ds(k * bv, bv)], db)
+    dw, db = jax.lax.fori_loop(t0, t_end, frame, (jnp.zeros((Jp, bv), jnp.float32),
+                                                  jnp.zeros((bv,), jnp.float32)))
+    slot = b * nt + i
+    plgpu.store(dw_ref.at[slot, :, pl.ds(k * bv, bv)], dw)
+    plgpu.store(dbias_ref.at[slot, pl.ds(k * bv, bv)], db)
 
 
-def joint_grad(enc, pred, W, bias, lse, soft, pb, pe, labels_ext, tl, ul, g, *, blank, activation,
-               interpret, block_u=32, block_v=128):
-    """(d_enc, d_pred, d_W, d_bias) in fp32 for the fused joint, times the loss cotangent g [B]."""
+def joint_grad(enc, pred, W, bias, lse, soft, pb, pe, labels_ext, tl, ul, g, clamp=None, *, blank,
+               activation, interpret, block_u=None, block_v=None, block_t=None):
+    """(d_enc, d_pred, d_W, d_bias) in fp32 for the fused joint, times the loss cotangent g [B]
+    (each d loss / d logits entry clipped to [-clamp, clamp] first when clamp is set).
+
+    block_t: frames per backward chunk (None: enough chunks for ~_TARGET_PROGRAMS programs per
+    kernel, see `_frame_chunks`).
+    """
     B, T, J = enc.shape
     U1, V = pred.shape[1], W.shape[1]
-    bu, bv = _tiles(U1, V, block_u, block_v)
+    Jp, _, bu, bv, cfg = _joint_blocks(J, W, V, block_u, block_v)
+    bu = min(bu, max(16, pc.next_pow2(U1)))
     nu, nk = pl.cdiv(U1, bu), pl.cdiv(V, bv)
-    enc_p, pred_p, W_p, Jp = _pad_joint(enc, pred, W)
+    enc_p, pred_p, W_p, _ = _pad_joint(enc, pred, W)
     args = (tl, ul, g, labels_ext, enc_p, pred_p, W_p, bias, lse, soft, pb, pe)
-    common = dict(bu=bu, bv=bv, U1=U1, V=V, blank=blank, activation=activation)
+    common = dict(bu=bu, bv=bv, U1=U1, V=V, blank=blank, activation=activation, clamp=clamp)
+
+    bt, nt = _frame_chunks(T, B * nu, B * U1 * Jp * 4, block_t)
     denc, dpred = pl.pallas_call(
-        functools.partial(_joint_bwd_act_kernel, T=T, nk=nk, **common),
+        functools.partial(_joint_bwd_act_kernel, T=T, nk=nk, bt=bt, **common),
         out_shape=(jax.ShapeDtypeStruct((B, nu, T, Jp), jnp.float32),
-                   jax.ShapeDtypeStruct((B, U1, Jp), jnp.float32)),
-        grid=(B, nu),
-        compiler_params=_params(),
+                   jax.ShapeDtypeStruct((B, nt, U1, Jp), jnp.float32)),
+        grid=(B, nu, nt),
+        compiler_params=_params(num_warps=cfg["warps_bwd"]),
         interpret=interpret,
         name="rnnt_joint_bwd_act_gpu",
     )(*args)
+
+    btw, ntw = _frame_chunks(T, nk * B, B * Jp * nk * bv * 4, block_t)
     dw, dbias = pl.pallas_call(
-        functools.partial(_joint_bwd_weight_kernel, **common),
-        out_shape=(jax.ShapeDtypeStruct((B, Jp, nk * bv), jnp.float32),
-                   jax.ShapeDtypeStruct((B, nk * bv), jnp.float32)),
-        grid=(nk, B),
-        compiler_params=_params(),
+        functools.partial(_joint_bwd_weight_kernel, bt=btw, nt=ntw, **common),
+        out_shape=(jax.ShapeDtypeStruct((B * ntw, Jp, nk * bv), jnp.float32),
+                   jax.ShapeDtypeStruct((B * ntw, nk * bv), jnp.float32)),
+        grid=(nk, B, ntw),
+        compiler_params=_params(num_warps=cfg["warps_bwd"]),
         interpret=interpret,
         name="rnnt_joint_bwd_weight_gpu",
     )(*args)
-    return denc.sum(1)[..., :J], dpred[..., :J], dw.sum(0)[:J, :V], dbias.sum(0)[:V]
+    return (denc.sum(1)[..., :J], dpred.sum(1)[..., :J], dw.sum(0)[:J, :V], dbias.sum(0)[:V])
 
 
 # ------------------------------------------------------------------------------------------------
@@ -460,14 +589,17 @@ def rnnt_loss(logits, labels, logit_lengths, label_lengths, *, blank: int = 0,
 
 
 def fused_rnnt_loss(encoder, predictor, weight, bias, labels, logit_lengths, label_lengths, *,
-                    blank: int = 0, fastemit_lambda: float = 0.0, activation: str = "tanh",
-                    interpret=False) -> jax.Array:
+                    blank: int = 0, fastemit_lambda: float = 0.0, clamp: float | None = None,
+                    activation: str = "tanh", interpret=False) -> jax.Array:
     """Per-sequence RNN-T loss [B] fp32 with the joint fused in: logits = act(enc + pred) @ W + b.
 
     encoder [B, T, J], predictor [B, U+1, J], weight [J, V], bias [V]; differentiable w.r.t. all
-    four (gradients in their dtypes). The [B, T, U+1, V] logits are never materialized.
+    four (gradients in their dtypes). The [B, T, U+1, V] logits are never materialized; clamp > 0
+    clips each d loss / d logits entry (recomputed in the backward kernels) to [-clamp, clamp].
+    J > MAX_JOINT_DIM raises NotImplementedError (see `joint_config`).
     """
+    joint_config(max(16, pc.next_pow2(jnp.shape(encoder)[-1])), jnp.dtype(weight.dtype).itemsize)
     return pc.checked_fused_rnnt_loss(loss_functions, "pallas_gpu.fused_rnnt_loss", encoder, predictor,
                                       weight, bias, labels, logit_lengths, label_lengths,
-                                      blank=blank, fastemit_lambda=fastemit_lambda,
+                                      blank=blank, fastemit_lambda=fastemit_lambda, clamp=clamp,
                                       activation=activation, interpret=interpret)

@@ -24,6 +24,15 @@ Stages and the gradient formula are described in `pallas_common`. TPU-specific c
   recomputes logits tile by tile in two kernels, like flash attention's dq / dkv split: one with
   V innermost accumulating dh = dlogits @ W^T (giving d_enc and d_pred partial sums per tile),
   one with V outermost accumulating d_W = h^T dlogits and d_bias over all (b, t, u) tiles.
+* **VMEM.** The tiled kernels (log-softmax, gradient, fused joint) ask for a 48 MiB scoped-VMEM
+  limit (`_TILE_VMEM`): a default [8, 128, 512] fp32 tile is 2 MiB, its double-buffered input and
+  output blocks 8 MiB, and the fp32 temporaries of the tile come on top, close to v5e's default
+  16 MiB scoped limit; 48 MiB fits every generation (64 MiB per core on v7x). Under
+  implementation=None the API compiles these kernels ahead of time for the call's shapes and
+  falls back to XLA when Mosaic rejects them (api.py), so a limit that is still too small costs
+  speed, not a crash. Not compiled on a TPU from this repository yet (no TPU was available).
+* `clamp` also applies to the fused joint: the backward kernels clip each recomputed
+  d loss / d logits entry before the cotangent and the joint's chain rule.
 * `interpret=True` runs the kernels with Pallas' generic interpreter (CPU tests); the kernels use
   no TPU-only primitive that it cannot run (`pltpu.roll` has a generic lowering). An
   `pltpu.InterpretParams` instance may be passed instead to use the TPU-simulating interpreter.
@@ -44,6 +53,12 @@ NEG = pc.NEG
 # Largest VMEM request of the recursion kernel: below the 64 MiB per TensorCore of v7x (v5e/v6e
 # have 128 MiB), leaving room for Mosaic's own buffers.
 _VMEM_CAP = 56 << 20
+# Scoped-VMEM limit of the tiled (log-softmax, gradient, fused joint) kernels. At the default
+# [8, 128, 512] tile one fp32 logit block is 2 MiB: double-buffered input and output blocks are
+# 8 MiB, and Mosaic keeps a few fp32 temporaries of the tile's size (the exp, the masks, the
+# gradient) next to them, close to v5e's default scoped limit of 16 MiB. 48 MiB is within every
+# generation's VMEM (64 MiB per core on v7x) and leaves the compiler room instead of failing.
+_TILE_VMEM = 48 << 20
 
 
 def _tiles(T: int, U1: int, V: int, block_t: int, block_u: int, block_v: int) -> tuple[int, int, int]:
@@ -138,7 +153,8 @@ def logprobs(logits, labels_ext, tl, ul, *, blank, interpret, block_t=8, block_u
             out_specs=(node, node, node),
             scratch_shapes=[pltpu.VMEM((bt, bu), jnp.float32)] * 4),
         compiler_params=pltpu.CompilerParams(
-            dimension_semantics=("parallel", "parallel", "parallel", "arbitrary")),
+            dimension_semantics=("parallel", "parallel", "parallel", "arbitrary"),
+            vmem_limit_bytes=_TILE_VMEM),
         interpret=interpret,
         name="rnnt_logprobs",
     )(tl, ul, labels_ext[:, :, None], logits)
@@ -262,7 +278,8 @@ def grad(logits, lse, soft, pb, pe, labels_ext, tl, ul, g, clamp, *, blank, inte
                       pl.BlockSpec((None, bt, bu, bv), x_map), node, node, node, node],
             out_specs=pl.BlockSpec((None, bt, bu, bv), lambda b, i, j, k, *_: (b, i, j, k))),
         compiler_params=pltpu.CompilerParams(
-            dimension_semantics=("parallel", "parallel", "parallel", "parallel")),
+            dimension_semantics=("parallel", "parallel", "parallel", "parallel"),
+            vmem_limit_bytes=_TILE_VMEM),
         interpret=interpret,
         name="rnnt_grad",
     )(tl, ul, g, labels_ext[:, :, None], logits, lse, soft, pb, pe)
@@ -379,7 +396,8 @@ def joint_logprobs(enc, pred, W, bias, labels_ext, tl, ul, *, blank, activation,
             scratch_shapes=[pltpu.VMEM((bt * bu, J), jnp.float32)]
             + [pltpu.VMEM((bt, bu), jnp.float32)] * 4),
         compiler_params=pltpu.CompilerParams(
-            dimension_semantics=("parallel", "parallel", "parallel", "arbitrary")),
+            dimension_semantics=("parallel", "parallel", "parallel", "arbitrary"),
+            vmem_limit_bytes=_TILE_VMEM),
         interpret=interpret,
         name="rnnt_joint_logprobs",
     )(tl, ul, lab_p, enc_p, pred_p, W, bias[None, :])
@@ -387,19 +405,20 @@ def joint_logprobs(enc, pred, W, bias, labels_ext, tl, ul, *, blank, activation,
 
 
 def _joint_dlogits(h, w_ref, bias_ref, lab_ref, lse_ref, soft_ref, pb_ref, pe_ref, valid, g, *,
-                   bt, bu, bv, V, blank, k):
-    """[bt*bu, bv] fp32 d loss / d logits of one fused tile (recomputing the logits)."""
+                   bt, bu, bv, V, blank, k, clamp):
+    """[bt*bu, bv] fp32 d loss / d logits of one fused tile (recomputing the logits), clipped to
+    [-clamp, clamp] before the cotangent g when clamp is set."""
     x = _joint_logits(h, w_ref, bias_ref, bt, bu)
     v = k * bv + jax.lax.broadcasted_iota(jnp.int32, (bt, bu, bv), 2)
     dl = pc.logits_grad(x, v, valid, lse_ref[...], soft_ref[...], pb_ref[...], pe_ref[...],
-                        lab_ref[...][None], blank, g, None)
+                        lab_ref[...][None], blank, g, clamp)
     dl = jnp.where(v < V, dl, 0.0)
     return dl.reshape(bt * bu, bv)
 
 
 def _joint_bwd_act_kernel(tl_ref, ul_ref, g_ref, lab_ref, enc_ref, pred_ref, w_ref, bias_ref,
                           lse_ref, soft_ref, pb_ref, pe_ref, denc_ref, dpred_ref, h_scr, dh_scr, *,
-                          bt, bu, bv, V, blank, nk, activation):
+                          bt, bu, bv, V, blank, nk, activation, clamp):
     """V innermost: dh = sum_k dlogits_k @ W_k^T, then d_enc / d_pred partial sums of the tile."""
     b, i, j, k = (pl.program_id(n) for n in range(4))
     tl, ul = tl_ref[b], ul_ref[b]
@@ -414,7 +433,7 @@ def _joint_bwd_act_kernel(tl_ref, ul_ref, g_ref, lab_ref, enc_ref, pred_ref, w_r
     def _accumulate():
         dl = _joint_dlogits(h_scr[...], w_ref, bias_ref, lab_ref, lse_ref, soft_ref, pb_ref, pe_ref,
                             _node_valid(i, j, bt, bu, tl, ul), g_ref[b], bt=bt, bu=bu, bv=bv, V=V,
-                            blank=blank, k=k)
+                            blank=blank, k=k, clamp=clamp)
         # the last vocabulary tile may overhang V: its padded weight columns hold garbage
         v = k * bv + jax.lax.broadcasted_iota(jnp.int32, (1, bv), 1)
         w = jnp.where(v < V, w_ref[...], jnp.zeros((), w_ref.dtype))
@@ -431,7 +450,7 @@ def _joint_bwd_act_kernel(tl_ref, ul_ref, g_ref, lab_ref, enc_ref, pred_ref, w_r
 
 def _joint_bwd_weight_kernel(tl_ref, ul_ref, g_ref, lab_ref, enc_ref, pred_ref, w_ref, bias_ref,
                              lse_ref, soft_ref, pb_ref, pe_ref, dw_ref, dbias_ref, *,
-                             bt, bu, bv, V, blank, activation):
+                             bt, bu, bv, V, blank, activation, clamp):
     """V outermost: d_W[:, k] += h^T dlogits_k and d_bias[k] += sum dlogits_k over all tiles."""
     k, b, i, j = (pl.program_id(n) for n in range(4))
     tl, ul = tl_ref[b], ul_ref[b]
@@ -447,15 +466,16 @@ def _joint_bwd_weight_kernel(tl_ref, ul_ref, g_ref, lab_ref, enc_ref, pred_ref, 
         h = _hidden(enc_ref, pred_ref, activation, bt, bu)
         dl = _joint_dlogits(h, w_ref, bias_ref, lab_ref, lse_ref, soft_ref, pb_ref, pe_ref,
                             _node_valid(i, j, bt, bu, tl, ul), g_ref[b], bt=bt, bu=bu, bv=bv, V=V,
-                            blank=blank, k=k)
+                            blank=blank, k=k, clamp=clamp)
         dw_ref[...] += jax.lax.dot_general(h, dl, (((0,), (0,)), ((), ())),
                                            preferred_element_type=jnp.float32)
         dbias_ref[...] += jnp.sum(dl, axis=0, keepdims=True)
 
 
-def joint_grad(enc, pred, W, bias, lse, soft, pb, pe, labels_ext, tl, ul, g, *, blank, activation,
-               interpret, block_t=8, block_u=128, block_v=512):
-    """(d_enc, d_pred, d_W, d_bias) in fp32 for the fused joint, times the loss cotangent g [B]."""
+def joint_grad(enc, pred, W, bias, lse, soft, pb, pe, labels_ext, tl, ul, g, clamp=None, *, blank,
+               activation, interpret, block_t=8, block_u=128, block_v=512):
+    """(d_enc, d_pred, d_W, d_bias) in fp32 for the fused joint, times the loss cotangent g [B]
+    (each d loss / d logits entry clipped to [-clamp, clamp] first when clamp is set)."""
     B, T, J = enc.shape
     U1, V = pred.shape[1], W.shape[1]
     bt, bu, bv, Tp, U1p = _joint_tiles(T, U1, J, V, block_t, block_u, block_v)
@@ -464,7 +484,7 @@ def joint_grad(enc, pred, W, bias, lse, soft, pb, pe, labels_ext, tl, ul, g, *, 
     args = (tl, ul, g, jnp.pad(labels_ext, ((0, 0), (0, U1p - U1)))[:, :, None],
             jnp.pad(enc, ((0, 0), (0, Tp - T), (0, 0))), jnp.pad(pred, ((0, 0), (0, U1p - U1), (0, 0))),
             W, bias[None, :], pad_node(lse), pad_node(soft), pad_node(pb), pad_node(pe))
-    common = dict(bt=bt, bu=bu, bv=bv, V=V, blank=blank, activation=activation)
+    common = dict(bt=bt, bu=bu, bv=bv, V=V, blank=blank, activation=activation, clamp=clamp)
 
     sp = _joint_specs(bt, bu, bv, J, nk, v_outer=False)
     in_specs = [sp["lab"], sp["enc"], sp["pred"], sp["w"], sp["bias"]] + [sp["node"]] * 4
@@ -478,7 +498,8 @@ def joint_grad(enc, pred, W, bias, lse, soft, pb, pe, labels_ext, tl, ul, g, *, 
                        pl.BlockSpec((None, None, bu, J), lambda b, i, j, k, *_: (b, i, j, 0))),
             scratch_shapes=[pltpu.VMEM((bt * bu, J), jnp.float32)] * 2),
         compiler_params=pltpu.CompilerParams(
-            dimension_semantics=("parallel", "parallel", "parallel", "arbitrary")),
+            dimension_semantics=("parallel", "parallel", "parallel", "arbitrary"),
+            vmem_limit_bytes=_TILE_VMEM),
         interpret=interpret,
         name="rnnt_joint_bwd_act",
     )(*args)
@@ -493,7 +514,8 @@ def joint_grad(enc, pred, W, bias, lse, soft, pb, pe, labels_ext, tl, ul, g, *, 
             out_specs=(pl.BlockSpec((J, bv), lambda k, *_: (0, k)),
                        pl.BlockSpec((1, bv), lambda k, *_: (0, k)))),
         compiler_params=pltpu.CompilerParams(
-            dimension_semantics=("parallel", "arbitrary", "arbitrary", "arbitrary")),
+            dimension_semantics=("parallel", "arbitrary", "arbitrary", "arbitrary"),
+            vmem_limit_bytes=_TILE_VMEM),
         interpret=interpret,
         name="rnnt_joint_bwd_weight",
     )(*args)
@@ -526,14 +548,15 @@ def rnnt_loss(logits, labels, logit_lengths, label_lengths, *, blank: int = 0,
 
 
 def fused_rnnt_loss(encoder, predictor, weight, bias, labels, logit_lengths, label_lengths, *,
-                    blank: int = 0, fastemit_lambda: float = 0.0, activation: str = "tanh",
-                    interpret=False) -> jax.Array:
+                    blank: int = 0, fastemit_lambda: float = 0.0, clamp: float | None = None,
+                    activation: str = "tanh", interpret=False) -> jax.Array:
     """Per-sequence RNN-T loss [B] fp32 with the joint fused in: logits = act(enc + pred) @ W + b.
 
     encoder [B, T, J], predictor [B, U+1, J], weight [J, V], bias [V]; differentiable w.r.t. all
-    four (gradients in their dtypes). The [B, T, U+1, V] logits are never materialized.
+    four (gradients in their dtypes). The [B, T, U+1, V] logits are never materialized; clamp > 0
+    clips each d loss / d logits entry (recomputed in the backward kernels) to [-clamp, clamp].
     """
     return pc.checked_fused_rnnt_loss(loss_functions, "pallas_tpu.fused_rnnt_loss", encoder, predictor,
                                       weight, bias, labels, logit_lengths, label_lengths,
-                                      blank=blank, fastemit_lambda=fastemit_lambda,
+                                      blank=blank, fastemit_lambda=fastemit_lambda, clamp=clamp,
                                       activation=activation, interpret=interpret)

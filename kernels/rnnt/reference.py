@@ -75,10 +75,22 @@ def alignment_log_likelihood(blank_lp, emit_lp, logit_lengths, label_lengths):
     return alpha_end + blank_lp[b, t_last, label_lengths]
 
 
-def rnnt_loss_reference(logits, labels, logit_lengths, label_lengths, *, blank: int = 0):
-    """Per-sequence RNN-T negative log-likelihood [B] (fp32), differentiable by autodiff."""
+def rnnt_loss_reference(logits, labels, logit_lengths, label_lengths, *, blank: int = 0,
+                        fastemit_lambda: float = 0.0):
+    """Per-sequence RNN-T negative log-likelihood [B] (fp32), differentiable by autodiff.
+
+    Expects valid inputs (1 <= logit_lengths <= T, labels in [0, V) at real positions): use
+    `api.rnnt_loss(..., implementation="reference")` for the checked, masked entry point.
+    fastemit_lambda: FastEmit by its definition (Yu et al. 2021, as NeMo implements it): the loss
+    value is unchanged and autodiff sees emit_lp -> (1 + l) emit_lp - l stop_gradient(emit_lp),
+    which scales every label-emission term of the gradient by 1 + l. (No gradient clamp: clipping
+    d loss_b / d logits before the cotangent is applied has no autodiff definition.)
+    """
     labels = labels.astype(jnp.int32)
     logit_lengths = logit_lengths.astype(jnp.int32)
     label_lengths = label_lengths.astype(jnp.int32)
     blank_lp, emit_lp = log_probs_blank_and_emit(logits, labels, blank)
+    if fastemit_lambda:
+        lam = float(fastemit_lambda)
+        emit_lp = (1.0 + lam) * emit_lp - lam * jax.lax.stop_gradient(emit_lp)
     return -alignment_log_likelihood(blank_lp, emit_lp, logit_lengths, label_lengths)

@@ -72,15 +72,31 @@ def test_transcribe_cli_on_other_sample_rates(trained, tmp_path):
     assert rows[0]["intent"] == rows[1]["intent"]
 
 
-def test_transcribe_missing_and_corrupt_files_are_named(trained, tmp_path):
+def test_transcribe_bad_files_are_named_and_the_rest_transcribed(trained, tmp_path):
+    import soundfile as sf
+
+    from jaxslu.audio.io import load_audio, resample
     workdir, _, _ = trained
+    good = ROOT / "data" / "fsdd" / "recordings" / "3_theo_1.wav"
     bad = tmp_path / "corrupt.wav"
     bad.write_bytes(b"RIFF\x00\x00\x00\x00WAVEjunk")
-    for path in (tmp_path / "missing.wav", bad):
-        out = subprocess.run([sys.executable, "-m", "jaxslu.cli", "transcribe", "--workdir",
-                              str(workdir), str(path)], capture_output=True, text=True, timeout=600)
-        assert out.returncode == 2
-        assert path.name in out.stderr, out.stderr
+    x, sr = load_audio(good)
+    low = tmp_path / "one_khz.wav"
+    sf.write(low, resample(x, sr, 1000), 1000)
+    files = [tmp_path / "missing.wav", bad, good, low]
+    out = subprocess.run([sys.executable, "-m", "jaxslu.cli", "transcribe", "--workdir",
+                          str(workdir), *map(str, files)], capture_output=True, text=True,
+                         timeout=600)
+    assert out.returncode == 1, out.stderr
+    rows = [json.loads(line) for line in out.stdout.strip().splitlines()]
+    assert [Path(r["file"]).name for r in rows] == [f.name for f in files]
+    for r, f in zip(rows, files):
+        if f == good:
+            assert "transcript" in r and "error" not in r
+        else:
+            assert f.name in r["error"], r
+    assert "1000 Hz" in rows[3]["error"] and "8000 Hz" in rows[3]["error"]
+    assert "3 of 4" in out.stderr or "3 of 4 file" in out.stderr, out.stderr
 
 
 def _params(state):

@@ -9,8 +9,14 @@ Tolerances:
     activation) can round the other way after an fp32 accumulation-order difference, a one-ulp
     change that propagates through the second matmul.
   gradients: fp32 1e-4, bf16 6e-2, relative to the reference gradient's max magnitude.
+  compiled on a GPU (JAXSLU_PALLAS_INTERPRET=0): fp32 matmuls of the Triton kernel and of XLA run
+    as TF32 (10 mantissa bits, 2^-11 per operand): fp32 values 5e-3 abs + 5e-3 rel, gradients 1e-2
+    (pallas_mode.DOT_TOL). The Pallas kernels run interpreted by default, compiled for real with
+    JAXSLU_PALLAS_INTERPRET=0 on a device (tests/kernels/pallas_mode.py).
 """
 from __future__ import annotations
+
+import dataclasses
 
 import jax
 import jax.numpy as jnp
@@ -20,11 +26,14 @@ from jax.experimental.pallas import tpu as pltpu
 
 from jaxslu.kernels.gated_block import (GatedFFNParams, default_implementation, flops_per_row,
                                         gated_ffn, gated_ffn_dense)
+from jaxslu.kernels.gated_block import api as gapi
+from jaxslu.kernels.gated_block import pallas_gpu
 from jaxslu.kernels.gated_block.pallas_gpu import gated_ffn_pallas_gpu
 from jaxslu.kernels.gated_block.pallas_gpu import supports as supports_gpu
 from jaxslu.kernels.gated_block.pallas_tpu import gated_ffn_pallas_tpu
 from jaxslu.kernels.gated_block.specs import BENCH_SHAPE, TEST_SHAPE, make_gate, make_inputs
 from jaxslu.kernels.gated_block.xla import bucket_capacity, gated_ffn_xla
+from tests.kernels.pallas_mode import COMPILED, DOT_TOL, INTERPRET, interpret_only, pallas_backends
 
 S = TEST_SHAPE  # B=2, T=64, D=128, H=256: N = 128 rows
 N = S.B * S.T
@@ -32,6 +41,15 @@ PER_ROW = flops_per_row(S.D, S.H)
 DENSITIES = (1.0, 0.5, 0.1, 0.0)
 TOL = {jnp.float32: dict(atol=2e-5, rtol=2e-5), jnp.bfloat16: dict(atol=2e-2, rtol=1.6e-2)}
 GRAD_TOL = {jnp.float32: 1e-4, jnp.bfloat16: 6e-2}
+if COMPILED:  # TF32 (GPU) / bf16-pass (TPU) matmuls on both sides (module docstring)
+    TOL[jnp.float32] = dict(atol=DOT_TOL["value_atol"], rtol=DOT_TOL["value_rtol"])
+    GRAD_TOL[jnp.float32] = DOT_TOL["grad_atol"]
+needs_tpu_kernel = pytest.mark.skipif("tpu" not in pallas_backends(),
+                                      reason="TPU kernel: interpreted, or compiled on a TPU")
+needs_gpu_kernel = pytest.mark.skipif("gpu" not in pallas_backends(),
+                                      reason="GPU kernel: interpreted, or compiled on a GPU")
+# TPU interpret mode proper (simulated HBM / VMEM copies) where interpreting, else compiled
+TPU_INTERPRET = pltpu.InterpretParams() if INTERPRET else False
 # Small row tiles so the N = 128 test rows span 8 tiles and tile skipping is exercised
 # (16 is a multiple of the TPU sublane count 8 and a power of two for Triton).
 TILE = 16
@@ -159,6 +177,7 @@ def test_dense_gate_gradient_is_ffn_on_every_frame():
     np.testing.assert_allclose(np.asarray(gg), (f * np.asarray(ct)).sum(-1), atol=1e-3, rtol=1e-4)
 
 
+@needs_tpu_kernel
 @pytest.mark.parametrize("pattern", ["random", "ragged"])
 @pytest.mark.parametrize("density", DENSITIES)
 def test_pallas_tpu_interpret_forward(density, pattern):
@@ -167,16 +186,17 @@ def test_pallas_tpu_interpret_forward(density, pattern):
     (the generic interpreter, interpret=True, reads output blocks back and would hide those)."""
     x, gate, p = make_inputs(S, density, pattern)
     y_ref, _ = gated_ffn_dense(x, gate, p)
-    y, rows = gated_ffn_pallas_tpu(x, gate, p, tile_rows=TILE, interpret=pltpu.InterpretParams())
+    y, rows = gated_ffn_pallas_tpu(x, gate, p, tile_rows=TILE, interpret=TPU_INTERPRET)
     assert_close(y, y_ref, jnp.float32)
     assert int(rows) == active_tiles(gate, TILE) * TILE
 
 
+@needs_tpu_kernel
 @pytest.mark.parametrize("density", [1.0, 0.5])
 def test_pallas_tpu_bf16(density):
     x, gate, p = make_inputs(S, density, "ragged", jnp.bfloat16)
     y_ref, _ = gated_ffn_dense(x, gate, p)
-    y, _ = gated_ffn_pallas_tpu(x, gate, p, tile_rows=TILE, interpret=pltpu.InterpretParams())
+    y, _ = gated_ffn_pallas_tpu(x, gate, p, tile_rows=TILE, interpret=TPU_INTERPRET)
     assert y.dtype == jnp.bfloat16
     assert_close(y, y_ref, jnp.bfloat16)
 
@@ -185,22 +205,36 @@ GPU_CASES = [(d, pat, jnp.float32) for d in DENSITIES for pat in ("random", "rag
     (d, "ragged", jnp.bfloat16) for d in (1.0, 0.5)]
 
 
+@needs_gpu_kernel
 @pytest.mark.parametrize("density,pattern,dtype", GPU_CASES)
 def test_pallas_gpu_interpret_forward(density, pattern, dtype):
     x, gate, p = make_inputs(S, density, pattern, dtype)
     y_ref, _ = gated_ffn_dense(x, gate, p)
     # block_h=64 < H=256: the H-chunk loop runs 4 times.
-    y, rows = gated_ffn_pallas_gpu(x, gate, p, tile_rows=TILE, block_h=64, interpret=True)
+    y, rows = gated_ffn_pallas_gpu(x, gate, p, tile_rows=TILE, block_h=64, interpret=INTERPRET)
     assert y.dtype == dtype
     assert_close(y, y_ref, dtype)
     assert int(rows) == active_tiles(gate, TILE) * TILE
 
 
-def test_pallas_gpu_rejects_bad_tiling():
+def test_pallas_gpu_rejects_bad_tiling_and_sizes_for_an_h100():
     x, gate, p = make_inputs(S, 0.5)
     with pytest.raises(ValueError, match="tile_rows a power of two"):
         gated_ffn_pallas_gpu(x, gate, p, tile_rows=24, interpret=True)
-    assert supports_gpu(128, 256) and not supports_gpu(96, 256) and not supports_gpu(128, 96)
+    assert supports_gpu(128, 256) and not supports_gpu(96, 256) and not supports_gpu(128, 40)
+    assert supports_gpu(128, 96)  # block_h = 32 divides H = 96
+    # the default config fits an H100 / H200 (227 KiB shared memory, 64 K registers per SM):
+    # pipelined W1 + W2 slices <= 128 KiB, [tile_rows, D] fp32 values <= 64 registers per thread
+    for d, h in ((128, 512), (256, 1024), (512, 2048), (1024, 4096)):
+        for dtype in (jnp.float32, jnp.bfloat16):
+            cfg = pallas_gpu.config(d, h, dtype)
+            if cfg["block_h"]:
+                smem = cfg["num_stages"] * 2 * d * cfg["block_h"] * jnp.dtype(dtype).itemsize
+                assert smem <= 128 << 10, (d, h, dtype, cfg)
+            assert cfg["tile_rows"] * d // (32 * cfg["num_warps"]) <= 64
+            assert cfg["num_stages"] == 2
+    assert pallas_gpu.config(256, 1024)["block_h"] == 32  # was 64 x 3 stages = 384 KiB
+    assert not supports_gpu(1024, 4096, jnp.float32)  # no block_h >= 16 fits: XLA
 
 
 def test_api_pallas_gradients():
@@ -208,7 +242,7 @@ def test_api_pallas_gradients():
     x, gate, p = make_inputs(S, 0.3, "ragged")
     ct = jax.random.normal(jax.random.key(1), x.shape)
     want = _grads(lambda *a: gated_ffn_dense(*a), x, gate, p, ct)
-    got = _grads(lambda *a: gated_ffn(*a, implementation="pallas", interpret=True,
+    got = _grads(lambda *a: gated_ffn(*a, implementation="pallas", interpret=INTERPRET,
                                       capacity=active_rows(gate)), x, gate, p, ct)
     check_grads(got, want, gate, jnp.float32)
 
@@ -220,7 +254,7 @@ def test_api_pallas_gradients_under_jit_without_capacity():
     ct = jax.random.normal(jax.random.key(1), x.shape)
     want = _grads(lambda *a: gated_ffn_dense(*a), x, gate, p, ct)
     got = jax.jit(lambda *a: _grads(lambda *b: gated_ffn(*b, implementation="pallas",
-                                                         interpret=True), *a, ct))(x, gate, p)
+                                                         interpret=INTERPRET), *a, ct))(x, gate, p)
     for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
         a, b = np.asarray(a), np.asarray(b)
         assert np.abs(a - b).max() <= GRAD_TOL[jnp.float32] * np.abs(b).max()
@@ -237,10 +271,13 @@ def test_api_dispatch_and_flops():
     y, flops = gated_ffn(x, gate, as_dict, capacity=count)  # None -> XLA compaction on CPU
     assert_close(y, y_ref, jnp.float32)
     assert float(flops) == count * PER_ROW
-    # Pallas on CPU: TPU kernel (128-row tiles, one tile here since N = 128).
-    y, flops = gated_ffn(x, gate, p, implementation="pallas", interpret=True)
+    # Pallas on CPU: TPU kernel (128-row tiles, one tile here since N = 128); compiled on a GPU:
+    # the Triton kernel's tile rows.
+    tile = 128 if INTERPRET or jax.default_backend() == "tpu" else pallas_gpu.config(S.D, S.H)[
+        "tile_rows"]
+    y, flops = gated_ffn(x, gate, p, implementation="pallas", interpret=INTERPRET)
     assert_close(y, y_ref, jnp.float32)
-    assert float(flops) == active_tiles(gate, 128) * 128 * PER_ROW
+    assert float(flops) == active_tiles(gate, tile) * tile * PER_ROW
 
 
 def test_api_other_activations():
@@ -253,8 +290,9 @@ def test_api_other_activations():
 
 def test_api_rejects_bad_input():
     x, gate, p = make_inputs(S, 0.5)
-    with pytest.raises(ValueError, match="needs a TPU or GPU backend"):
-        gated_ffn(x, gate, p, implementation="pallas")
+    if jax.default_backend() == "cpu":
+        with pytest.raises(ValueError, match="needs a TPU or GPU backend"):
+            gated_ffn(x, gate, p, implementation="pallas")
     with pytest.raises(ValueError, match="implementation must be one of"):
         gated_ffn(x, gate, p, implementation="triton")
     with pytest.raises(ValueError, match="gate must be"):
@@ -271,6 +309,7 @@ def test_api_rejects_bad_input():
         gated_ffn(x, gate, p, implementation="xla", capacity=-1)
 
 
+@interpret_only  # compiled runs (JAXSLU_PALLAS_INTERPRET=0) check far more than the lowering
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
 def test_kernels_lower_for_tpu_and_gpu(dtype):
     """No TPU/GPU here, but lowering runs the Mosaic (TPU) and Triton (GPU) kernel compilers'
@@ -281,3 +320,60 @@ def test_kernels_lower_for_tpu_and_gpu(dtype):
         lowered = jax.jit(lambda *a, fn=fn: fn(*a)[0]).trace(x, gate, p).lower(
             lowering_platforms=(platform,))
         assert marker in lowered.as_text().lower()
+
+
+# ------------------------------------------------------------------------------------------------
+# implementation=None dispatch: `_auto_candidate` replaced so CPU tries the Triton kernel
+# (interpreted); `_aot_compile` real (it compiles on CPU) or an injected failure.
+
+@pytest.fixture
+def auto_gpu_kernel(monkeypatch):
+    gapi.clear_dispatch_cache()
+    monkeypatch.setattr(gapi, "_auto_candidate", lambda backend: ("gpu", True))
+    yield
+    gapi.clear_dispatch_cache()
+
+
+@interpret_only
+def test_dispatch_uses_the_kernel_when_it_compiles(auto_gpu_kernel, monkeypatch):
+    compiles = []
+    real = gapi._aot_compile
+    monkeypatch.setattr(gapi, "_aot_compile", lambda fn, args: (compiles.append(1), real(fn, args)))
+    x, gate, p = make_inputs(S, 0.1, "ragged")
+    y, flops = gated_ffn(x, gate, p)
+    tile = pallas_gpu.config(S.D, S.H)["tile_rows"]
+    assert float(flops) == active_tiles(gate, tile) * tile * PER_ROW  # the kernel's count
+    assert_close(y, gated_ffn_dense(x, gate, p)[0], jnp.float32)
+    gated_ffn(x, gate, p)
+    assert compiles == [1] and list(gapi.dispatch_verdicts().values()) == [None]
+
+
+@interpret_only
+def test_dispatch_falls_back_to_xla_on_a_failing_compile(auto_gpu_kernel, monkeypatch):
+    def failing(fn, args):
+        raise RuntimeError("triton: out of resource: shared memory")
+
+    monkeypatch.setattr(gapi, "_aot_compile", failing)
+    x, gate, p = make_inputs(S, 0.1, "ragged")
+    with pytest.warns(gapi.PallasFallbackWarning, match="out of resource"):
+        y, flops = gated_ffn(x, gate, p)
+    assert float(flops) == bucket_capacity(gate) * PER_ROW  # XLA compaction ran
+    assert_close(y, gated_ffn_dense(x, gate, p)[0], jnp.float32)
+    # traced gate and no capacity: fine for Pallas, so the fallback must not raise either (it
+    # computes every row); the cached verdict means no second warning
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", gapi.PallasFallbackWarning)
+        y2, flops2 = jax.jit(lambda *a: gated_ffn(*a))(x, gate, p)
+    assert float(flops2) == N * PER_ROW
+    assert_close(y2, y, jnp.float32)
+
+
+@interpret_only
+def test_dispatch_refuses_shapes_the_triton_kernel_cannot_tile(auto_gpu_kernel, monkeypatch):
+    monkeypatch.setattr(gapi, "_aot_compile", lambda *a: pytest.fail("no compile expected"))
+    shape = dataclasses.replace(S, D=96)
+    x, gate, p = make_inputs(shape, 0.5, "ragged")
+    with pytest.warns(gapi.PallasFallbackWarning, match="cannot tile"):
+        y, _ = gated_ffn(x, gate, p)
+    assert_close(y, gated_ffn_dense(x, gate, p)[0], jnp.float32)

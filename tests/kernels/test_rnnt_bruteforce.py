@@ -108,14 +108,22 @@ def test_xla_matches_brute_force(case, fastemit_lambda):
 
 
 def test_infeasible_and_underflowing_give_inf_and_zero_grad():
+    """Zero frames (traced: concrete lengths < 1 raise) and an all -inf path: +inf, zero grad."""
     logits, labels, _, _ = _case(3, 3, 3, 2, 4, [3, 3, 3], [2, 2, 1])
     logits[2, :, :, 0] = -np.inf  # row 2: blank impossible everywhere -> no alignment
     tl = np.array([0, 3, 3], np.int32)  # row 0: no frames -> infeasible
     ul = np.array([2, 2, 1], np.int32)
-    loss, grad = jax.value_and_grad(lambda x: jnp.sum(rnnt_loss(x, labels, tl, ul, reduction="none")
-                                                      * jnp.array([1.0, 1.0, 1.0])))(
-        jnp.asarray(logits))
-    per_seq = rnnt_loss(jnp.asarray(logits), labels, tl, ul, reduction="none")
+    with pytest.raises(ValueError, match="no frames"):
+        rnnt_loss(jnp.asarray(logits), labels, tl, ul)
+
+    @jax.jit
+    def run(x, tl):
+        per_seq = rnnt_loss(x, labels, tl, ul, reduction="none")
+        # the +inf losses are in the sum: their rows must still get an exactly zero gradient
+        return per_seq, jax.grad(lambda y: jnp.sum(rnnt_loss(y, labels, tl, ul,
+                                                             reduction="none")))(x)
+
+    per_seq, grad = run(jnp.asarray(logits), tl)
     assert np.isposinf(per_seq[0]) and np.isposinf(per_seq[2]) and np.isfinite(per_seq[1])
     assert not np.isnan(np.asarray(grad)).any()
     assert np.all(np.asarray(grad[0]) == 0) and np.all(np.asarray(grad[2]) == 0)

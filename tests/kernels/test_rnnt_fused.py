@@ -119,3 +119,87 @@ def test_fused_bad_inputs_raise():
     with pytest.raises(ValueError, match="interpret=True"):
         fused_rnnt_loss(*args, p.labels, p.logit_lengths, p.label_lengths,
                         implementation="pallas")
+
+
+def test_fused_clamp_matches_unfused_clamp_and_changes_the_gradient():
+    """clamp clips d loss / d logits inside the fused backward exactly as the unfused loss clips
+    its logits' gradient (then the joint's chain rule), with tiles and chunks that do not divide
+    V and T; the value is unchanged."""
+    args, p = _joint_inputs(seed=9)
+    c = 0.02
+    kw = dict(tile_v=4, t_chunk=3)
+    want_v, want_g = _value_and_grads(lambda *a: _unfused(a, p, reduction="none", clamp=c), args)
+    got_v, got_g = _value_and_grads(lambda *a: fused.fused_rnnt_loss(
+        *a, p.labels, p.logit_lengths, p.label_lengths, clamp=c, **kw), args)
+    plain_v, plain_g = _value_and_grads(lambda *a: fused.fused_rnnt_loss(
+        *a, p.labels, p.logit_lengths, p.label_lengths, **kw), args)
+    np.testing.assert_allclose(got_v, want_v, rtol=1e-5)
+    np.testing.assert_allclose(got_v, plain_v, rtol=1e-6)
+    for name, g, w, g0 in zip(("encoder", "predictor", "weight", "bias"), got_g, want_g, plain_g):
+        np.testing.assert_allclose(g, w, atol=1e-4, err_msg=name)
+        assert float(jnp.abs(g - g0).max()) > 1e-2 * float(jnp.abs(g0).max()), name
+    # the public entry point passes it through (and validates it)
+    g_api = jax.grad(lambda w: jnp.sum(fused_rnnt_loss(args[0], args[1], w, args[3], p.labels,
+                                                       p.logit_lengths, p.label_lengths,
+                                                       reduction="none", clamp=c)))(args[2])
+    g_want = jax.grad(lambda w: jnp.sum(_unfused((args[0], args[1], w, args[3]), p,
+                                                 reduction="none", clamp=c)))(args[2])
+    np.testing.assert_allclose(g_api, g_want, atol=1e-4)
+    with pytest.raises(ValueError, match="clamp"):
+        fused_rnnt_loss(*args, p.labels, p.logit_lengths, p.label_lengths, clamp=0.0)
+
+
+def _term_inputs(seed=8):
+    from jaxslu.losses import terms
+
+    args, p = _joint_inputs(seed=seed)
+    outputs = {"encoder": args[0], "predictor": args[1], "joint_weight": args[2],
+               "joint_bias": args[3], "encoder_lengths": jnp.asarray(p.logit_lengths)}
+    batch = {"tokens": jnp.asarray(p.labels), "token_lengths": jnp.asarray(p.label_lengths),
+             "weight": jnp.ones(SHAPE.B)}
+    return terms, batch, outputs
+
+
+def test_loss_term_honours_clamp_fused_and_refuses_what_it_cannot():
+    terms, batch, outputs = _term_inputs()
+    with pytest.raises(ValueError, match="clamp"):
+        terms.rnnt(implementation="reference", clamp=0.1)
+    with pytest.raises(ValueError, match="implementation"):
+        terms.rnnt(implementation="triton")
+
+    floats = {k: v for k, v in outputs.items() if k != "encoder_lengths"}
+
+    def value_and_grads(term):
+        return jax.value_and_grad(lambda f: term(batch, dict(outputs, **f), None)[0])(floats)
+
+    def grads(term):
+        return value_and_grads(term)[1]
+
+    g_fused = grads(terms.rnnt(fused=True, clamp=0.02, fastemit_lambda=0.2))
+    g_plain = grads(terms.rnnt(fused=False, clamp=0.02, fastemit_lambda=0.2))
+    g_noclamp = grads(terms.rnnt(fused=True, fastemit_lambda=0.2))
+    for k in ("encoder", "predictor", "joint_weight", "joint_bias"):
+        np.testing.assert_allclose(g_fused[k], g_plain[k], atol=1e-4, err_msg=k)
+    assert float(jnp.abs(g_fused["joint_weight"] - g_noclamp["joint_weight"]).max()) > 1e-3
+    # (the reference's FastEmit, which the term used to drop: test_rnnt_dispatch.py)
+
+
+def test_loss_term_padding_rows_are_inert_and_invalid_real_rows_stop_the_step():
+    """Under jit: a padding row (weight 0) with zero frames contributes exactly nothing; a real row
+    with zero frames makes the value +inf (the train step then skips the update)."""
+    terms, batch, outputs = _term_inputs()
+    term = terms.rnnt(fused=True)
+
+    @jax.jit
+    def value(weight, lengths):
+        return jax.value_and_grad(lambda w_: term(dict(batch, weight=weight), dict(
+            outputs, encoder_lengths=lengths, joint_weight=w_), None)[0])(outputs["joint_weight"])
+
+    lengths = jnp.asarray(outputs["encoder_lengths"]).at[2].set(0)
+    pad = jnp.array([1.0, 1.0, 0.0])
+    v, g = value(pad, lengths)
+    v_full, g_full = value(pad, jnp.asarray(outputs["encoder_lengths"]))
+    np.testing.assert_allclose(v, v_full, rtol=1e-6)
+    np.testing.assert_allclose(g, g_full, atol=1e-6)
+    v_bad, _ = value(jnp.ones(3), lengths)
+    assert np.isposinf(float(v_bad))

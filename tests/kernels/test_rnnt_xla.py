@@ -8,6 +8,7 @@ whose rounding (8 mantissa bits) bounds the error by 2^-8 * |g| <= 4e-3.
 """
 from __future__ import annotations
 
+import functools
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -26,25 +27,35 @@ def _inputs(shape=SHAPE, seed=0, scale=1.0):
     return jnp.asarray(specs.make_logits(shape, seed=seed, scale=scale)), p
 
 
+@jax.jit
+def _ref_value_and_grad(logits, labels, tl, ul, w):
+    """Jitted once per shape (lengths and labels are arguments, not constants)."""
+    def f(x):
+        per = reference.rnnt_loss_reference(x.astype(jnp.float32), labels, tl, ul)
+        return jnp.sum(per * w), per
+
+    return jax.value_and_grad(f, has_aux=True)(logits)
+
+
 def _ref_loss_and_grad(logits, p, weights=None):
     labels = np.where(np.arange(p.labels.shape[1])[None] < p.label_lengths[:, None], p.labels, 0)
     w = jnp.ones(logits.shape[0]) if weights is None else weights
-
-    def f(x):
-        per = reference.rnnt_loss_reference(x.astype(jnp.float32), labels, p.logit_lengths,
-                                            p.label_lengths)
-        return jnp.sum(per * w), per
-
-    (_, per), g = jax.jit(jax.value_and_grad(f, has_aux=True))(logits)
+    (_, per), g = _ref_value_and_grad(logits, labels, p.logit_lengths, p.label_lengths, w)
     return per, g
 
 
-def _loss_and_grad(logits, p, **kw):
+@functools.partial(jax.jit, static_argnames=("kw",))
+def _value_and_grad(logits, labels, tl, ul, kw):
     def f(x):
-        out = rnnt_loss(x, p.labels, p.logit_lengths, p.label_lengths, **kw)
+        out = rnnt_loss(x, labels, tl, ul, **dict(kw))
         return jnp.sum(out), out
 
-    (_, out), g = jax.value_and_grad(f, has_aux=True)(logits)
+    return jax.value_and_grad(f, has_aux=True)(logits)
+
+
+def _loss_and_grad(logits, p, **kw):
+    (_, out), g = _value_and_grad(logits, p.labels, p.logit_lengths, p.label_lengths,
+                                  tuple(sorted(kw.items())))
     return out, g
 
 
