@@ -111,13 +111,13 @@ def ctc(*, blank: int = 0):
     return term
 
 
-@LOSSES.register("intent_ce")
-def intent_ce(*, label_smoothing: float = 0.0):
-    """Intent cross-entropy over examples that have an intent (intent >= 0)."""
+def utterance_ce(logits_key: str, target_key: str, label_smoothing: float = 0.0):
+    """Cross-entropy of one label per utterance (`outputs[logits_key]` [B, K] against
+    `batch[target_key]` [B], -1 = no label), mean over the labelled real rows; with accuracy."""
 
     def term(batch, outputs, params):
-        logits = outputs["intent_logits"].astype(jnp.float32)
-        target = batch["intent"]
+        logits = outputs[logits_key].astype(jnp.float32)
+        target = batch[target_key]
         valid = (target >= 0).astype(jnp.float32) * batch["weight"].astype(jnp.float32)
         onehot = jax.nn.one_hot(jnp.maximum(target, 0), logits.shape[-1])
         if label_smoothing:
@@ -127,6 +127,12 @@ def intent_ce(*, label_smoothing: float = 0.0):
         return _weighted_mean(ce, valid), {"accuracy": _weighted_mean(acc, valid)}
 
     return term
+
+
+@LOSSES.register("intent_ce")
+def intent_ce(*, label_smoothing: float = 0.0):
+    """Intent cross-entropy over examples that have an intent (intent >= 0)."""
+    return utterance_ce("intent_logits", "intent", label_smoothing)
 
 
 @LOSSES.register("slot_ce")
