@@ -74,6 +74,11 @@ class Task:
     def collate(self, rows: Sequence[dict[str, Any]], batch_size: int) -> dict[str, Any]:
         raise NotImplementedError(f"task {type(self).__name__} does not define collate")
 
+    def pad_values(self) -> dict[str, Any]:
+        """{leaf path ("a/b"): value} that `collate` pads each variable-length leaf with: a
+        multi-host step pads every process's batch to one shape with it (the largest bucket)."""
+        return {}
+
     def batch_partition(self) -> dict[str, str] | None:
         """{leaf path ("a/b"): "replicated"} for leaves that are not split over the batch axes
         (e.g. a graph's shared adjacency); None: every leaf is split on its leading dim."""

@@ -7,9 +7,13 @@ task's `collate` (pad rows into a batch: audio buckets, token buckets, pairs, hi
 This module knows no task: what a row and a batch hold is the task's business.
 
 Design choices:
-* Sharding is by position after shuffling: process p takes elements p, p+P, ... of the global
-  (shuffled, repeated) stream, so each global epoch is split disjointly and deterministically and
-  every process sees a fresh mix each epoch. Eval shards are p, p+P, ... of the source in order.
+* Sharding is by position after shuffling, in blocks of the local batch size b: process p of P
+  takes elements [kPb + pb, kPb + (p+1)b) of the global (shuffled, repeated) stream for k = 0, 1,
+  ..., so each global epoch is split disjointly and deterministically, and global batch k (the
+  processes' local batches in process order, as `make_array_from_process_local_data` lays them
+  out) is stream elements [kPb, (k+1)Pb) in order: the same rows in the same order for any
+  process count (row i of a batch gets the same dropout/augmentation randomness on 1 or N
+  hosts). Eval shards are the same blocks of the source in order.
 * Batching is done by our own iterator rather than grain's `batch`, because each batch is padded
   to a bucket chosen from its own longest row and bad examples are skipped *and counted*. The
   iterator's state is grain's (position of the next example, exact even with read threads and
@@ -113,6 +117,36 @@ class BatchIterator(Iterator[dict[str, Any]]):
         self._emitted = int(state["emitted"])
 
 
+class _BlockShard(grain.MapDataset):
+    """Process `index` of `count`'s part of `parent`: consecutive blocks of `block` elements,
+    block k*count + index for k = 0, 1, ... So global batch k (the local batches of all
+    processes, in process order) is elements [k*block*count, (k+1)*block*count) of `parent`, in
+    order: the same rows in the same order for any process count."""
+
+    _MUTATES_ELEMENT_SPEC = False
+
+    def __init__(self, parent: grain.MapDataset, block: int, index: int, count: int):
+        super().__init__(parent)
+        self._block, self._index, self._count = block, index, count
+        full, rem = divmod(len(parent), block * count)
+        self._length = full * block + min(block, max(0, rem - index * block))
+
+    def __len__(self) -> int:
+        return self._length
+
+    def _parent_index(self, i: int) -> int:
+        k, r = divmod(i, self._block)
+        return (k * self._count + self._index) * self._block + r
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return self.slice(i)
+        return self._parent[self._parent_index(i)]
+
+    def _getitems(self, indices):
+        return self._parent._getitems([self._parent_index(i) for i in indices])
+
+
 class Batches:
     """The iterable `make_batches` returns; each `iter()` starts from the beginning."""
 
@@ -129,12 +163,13 @@ class Batches:
         self.local_batch_size = global_bs // process_count
         n = len(source)
         # Largest shard (process 0's); eval yields this many batches on every process.
-        self.shard_size = len(range(0, n, process_count))
+        self.shard_size = len(_BlockShard(grain.MapDataset.range(n), self.local_batch_size, 0,
+                                          process_count))
         self.num_batches = max(1, math.ceil(self.shard_size / self.local_batch_size))
         ds = grain.MapDataset.range(n)
         if train:
             ds = ds.shuffle(seed=seed).repeat(None, reseed_each_epoch=True)
-        ds = ds[process_index::process_count]
+        ds = _BlockShard(ds, self.local_batch_size, process_index, process_count)
         ds = ds.map(prepare)
         read = grain.ReadOptions(num_threads=data_cfg.num_threads,
                                  prefetch_buffer_size=data_cfg.prefetch * self.local_batch_size)

@@ -98,6 +98,7 @@ class LoadedRun:
                                  "data.eval_batch_size to a multiple of the data-parallel size")
             local_batch = jax.tree.map(
                 lambda x: np.concatenate([x, np.repeat(x[:1], pad, axis=0)]), local_batch)
+        local_batch = mesh_lib.common_local_shapes(local_batch, self.task.pad_values())
         batch = mesh_lib.to_global_batch(local_batch, self.mesh, self.task.batch_partition())
         out, index, weight = jax.device_get(self.compiled(fn)(self.params, batch))
         if pad:  # single process only: the padded rows are the last ones

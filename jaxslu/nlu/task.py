@@ -248,6 +248,9 @@ class NluTask(Task):
 
         return prepare
 
+    def pad_values(self):
+        return {"tokens": 0, "slot_tags": IGNORE_TAG}
+
     def collate(self, rows, batch_size: int):
         length = max((len(r["tokens"]) for r in rows), default=1)
         bucket = bucket_for(max(length, 1), sorted(set(self.cfg.data.label_buckets)))

@@ -178,3 +178,37 @@ def to_global_batch(local_batch: Any, mesh: Mesh,
         return jax.make_array_from_process_local_data(sharding, arr)
 
     return jax.tree_util.tree_map_with_path(one, local_batch, shardings)
+
+
+def common_local_shapes(local_batch: Any, pad_values: Mapping[str, Any] | None = None) -> Any:
+    """Pad every process's local batch to the same shape per leaf (the largest across processes).
+
+    Each process pads its own rows to a bucket, so two processes can pick different lengths for
+    the same global step, and a global array needs one shape. Buckets grow with the longest row,
+    so the largest local bucket is the one the whole global batch gets on a single process.
+    Trailing padding is `pad_values[leaf path]` ("a/b", from the task's `pad_values()`)."""
+    if jax.process_count() == 1:
+        return local_batch
+    from jax.experimental import multihost_utils
+
+    pad_values = dict(pad_values or {})
+    flat, treedef = jax.tree_util.tree_flatten_with_path(local_batch)
+    dims = [np.shape(leaf)[1:] for _, leaf in flat]
+    mine = np.asarray([d for ds in dims for d in ds], np.int32)
+    if mine.size == 0:
+        return local_batch
+    target = np.asarray(multihost_utils.process_allgather(mine)).reshape(-1, mine.size).max(0)
+    out, i = [], 0
+    for (path, leaf), ds in zip(flat, dims):
+        want = tuple(int(x) for x in target[i:i + len(ds)])
+        i += len(ds)
+        if want != tuple(ds):
+            name = "/".join(str(getattr(e, "key", getattr(e, "idx", e))) for e in path)
+            if name not in pad_values:
+                raise ValueError(f"batch leaf {name!r} is {tuple(ds)} per row on this process but "
+                                 f"{want} on another; the task's pad_values() must give the value "
+                                 "its collate pads that leaf with")
+            leaf = np.pad(np.asarray(leaf), [(0, 0)] + [(0, w - d) for w, d in zip(want, ds)],
+                          constant_values=pad_values[name])
+        out.append(leaf)
+    return jax.tree_util.tree_unflatten(treedef, out)

@@ -104,6 +104,10 @@ class TransducerSLUTask(Task):
         return AudioPreparer(source, assets.tokenizer, assets.vocab, self.cfg.data,
                              self.cfg.frontend.sample_rate, frames)
 
+    def pad_values(self):
+        from jaxslu.data.batch import BLANK_ID, IGNORE_TAG
+        return {"audio": 0.0, "tokens": BLANK_ID, "slot_tags": IGNORE_TAG}
+
     def collate(self, rows, batch_size: int):
         data = self.cfg.data
         return collate_audio(rows, batch_size, audio_buckets(data, self.cfg.frontend.sample_rate),

@@ -40,16 +40,30 @@ def open_source(cfg: ExperimentConfig, split: str):
 
 
 def prepare_assets(task: Task, workdir: Path, train_source=None) -> Any:
-    """The task's assets from the workdir, or built from the training split (deterministically,
-    so every process of a multi-host run builds the same; process 0 writes them)."""
-    assets = task.load_assets(workdir)
-    if assets is None:
+    """The task's assets from the workdir, or built from the training split. On multi-host,
+    process 0 builds and writes them and the others load them once written, so every process
+    uses the very same assets (no need for tokenizer training to be deterministic)."""
+    primary = jax.process_index() == 0
+    assets = task.load_assets(workdir) if primary else None
+    if primary and assets is None:
         source = (train_source if train_source is not None
                   else task.open_source(task.cfg.data.train_split))
-        assets = task.build_assets(source, workdir / f".assets.{jax.process_index()}")
-        if jax.process_index() == 0:
-            task.save_assets(assets, workdir)
+        assets = task.build_assets(source, workdir / ".assets")
+        task.save_assets(assets, workdir)
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+        multihost_utils.sync_global_devices("jaxslu: run assets written")
+        if not primary:
+            assets = task.load_assets(workdir)
     return assets
+
+
+def without_launch(cfg: ExperimentConfig) -> ExperimentConfig:
+    """`cfg` without how this process was launched (mesh.distributed, coordinator, process
+    count and id): they belong to one invocation, not to the experiment in the workdir."""
+    mesh = dataclasses.replace(cfg.mesh, distributed=False, coordinator_address="",
+                               num_processes=0, process_id=-1)
+    return dataclasses.replace(cfg, mesh=mesh)
 
 
 def make_trainer(cfg: ExperimentConfig, model_kwargs: dict, devices=None, *,
@@ -96,11 +110,11 @@ def train(cfg: ExperimentConfig, workdir: str | Path, *, progress: bool = True,
     mesh_lib.initialize_distributed(cfg.mesh)
     if (workdir / "config.json").exists():
         previous = read_config(workdir / "config.json")
-        if previous != cfg:
+        if without_launch(previous) != without_launch(cfg):
             log.warning("workdir %s holds a run with a different config; the new config is used "
                         "and written (checkpoints must still fit the model)", workdir)
     if jax.process_index() == 0:
-        save_config(cfg, workdir / "config.json")
+        save_config(without_launch(cfg), workdir / "config.json")
 
     source = task.open_source(cfg.data.train_split)
     if cfg.train.init_from and not warm_start.has_checkpoint(workdir):
@@ -156,6 +170,7 @@ def train(cfg: ExperimentConfig, workdir: str | Path, *, progress: bool = True,
     try:
         while step < total and (stop_after is None or run_here < stop_after):
             local = next(iterator)
+            local = mesh_lib.common_local_shapes(local, task.pad_values())
             batch = mesh_lib.to_global_batch(local, trainer.mesh, partition)
             state, metrics = trainer.train_step(state, batch)
             window.append((metrics, np.asarray(local["index"])))

@@ -143,7 +143,8 @@ def test_two_process_shards_disjoint_and_cover(corpus):
     assert sorted(shards[0] + shards[1]) == list(range(12))
     ev = [real_indices(batches(src, vocab, 3, train=False, process_index=p, process_count=2))
           for p in range(2)]
-    assert ev[0] == list(range(0, 12, 2)) and ev[1] == list(range(1, 12, 2))
+    # Blocks of the local batch size (2): global eval batch k is source rows [4k, 4k+4).
+    assert ev[0] == [0, 1, 4, 5, 8, 9] and ev[1] == [2, 3, 6, 7, 10, 11]
 
 
 def test_exact_resume(corpus):
