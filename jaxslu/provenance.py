@@ -248,6 +248,17 @@ def _jsonable(x):
     return str(x)
 
 
+def file_sha256(path: str | os.PathLike) -> str:
+    """sha256 of a file (read in 1 MiB chunks), to name the exact data or checkpoint measured."""
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
 REQUIRED_FIELDS = ("command", "commit", "machine", "versions")
 
 

@@ -21,7 +21,6 @@ to training). Everything in the output JSON is computed by this script:
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import platform
@@ -154,11 +153,9 @@ def tfidf_svc(data: dict, intent_scenario, seed: int) -> dict:
 
 
 def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+    from jaxslu.provenance import file_sha256
+
+    return file_sha256(path)
 
 
 def minilm_logreg(data: dict, intent_scenario, seed: int, batch_size: int,

@@ -6,8 +6,7 @@
     python scripts/nlu_experiment.py --config configs/clinc_oos.py --workdir runs/clinc_oos
 
 Writes `results/nlu/<experiment name>.json`: command, commit, machine, versions, the config's
-seed and steps, the training wall time (`train_time.json` of the workdir, or the per-window
-step times the run logged in `metrics.jsonl`), and every evaluation split's report (top-level
+seed and steps, the training wall time (`train_time.json` of the workdir), and every evaluation split's report (top-level
 figures; the per-example records stay in the workdir). `scripts/render_nlu_docs.py` builds the
 docs tables from these files.
 """
@@ -22,20 +21,10 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 
-def training_seconds(workdir: Path) -> tuple[float | None, str]:
+def training_seconds(workdir: Path) -> float | None:
+    """Wall seconds of all training invocations of the run (`train_time.json`, by the loop)."""
     f = workdir / "train_time.json"
-    if f.exists():
-        return float(json.loads(f.read_text())["total_seconds"]), "train_time.json"
-    m = workdir / "metrics.jsonl"
-    if not m.exists():
-        return None, "unknown"
-    total, prev = 0.0, 0
-    for line in m.read_text().splitlines():
-        d = json.loads(line)
-        if "train/seconds_per_step" in d:
-            total += d["train/seconds_per_step"] * (d["step"] - prev)
-            prev = d["step"]
-    return total, "metrics.jsonl seconds_per_step x steps"
+    return float(json.loads(f.read_text())["total_seconds"]) if f.exists() else None
 
 
 def main(argv=None) -> int:
@@ -59,14 +48,13 @@ def main(argv=None) -> int:
     workdir = Path(args.workdir)
     result = train(cfg, workdir, progress=False)
     reports = evaluate_workdir(workdir)
-    seconds, how = training_seconds(workdir)
+    seconds = training_seconds(workdir)
     keep = lambda r: {k: v for k, v in r.items() if not isinstance(v, (dict, list))
                       and k not in ("path",)}
     payload = {"experiment": cfg.name, "config": args.config, "variant": args.variant or "default",
                "overrides": args.overrides, "seed": cfg.seed, "steps": int(result.state.step),
                "encoder": cfg.model.encoder.kind, "loss": cfg.loss,
                "train_seconds": None if seconds is None else round(seconds, 1),
-               "train_seconds_source": how,
                "open_set": (json.loads((workdir / "open_set.json").read_text())
                             if (workdir / "open_set.json").exists() else None),
                "reports": {split: keep(r) for split, r in reports.items()}}

@@ -18,7 +18,6 @@ checkpoint's sha256, the command) and tests/fixtures/minilm_reference.npz (float
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import platform
 import sys
@@ -45,11 +44,9 @@ TRUNCATE_TO = 8  # a second encoding cut to this many tokens checks truncation
 
 
 def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+    from jaxslu.provenance import file_sha256
+
+    return file_sha256(path)
 
 
 def main() -> None:

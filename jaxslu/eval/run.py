@@ -65,6 +65,17 @@ class LoadedRun:
     def model(self) -> nnx.Module:
         return nnx.merge(self.graphdef, self.params, self.rest)
 
+    def eval_batches(self, source):
+        """This process's shard of `source` as fixed-size eval batches (the task's
+        featurization; every process yields the same number of batches)."""
+        from jaxslu.data.pipeline import make_batches
+
+        prepare = self.task.prepare_fn(source, self.assets, train=False)
+        return make_batches(source, prepare=prepare, collate=self.task.collate,
+                            data_cfg=self.cfg.data, train=False, seed=self.cfg.seed,
+                            process_index=jax.process_index(),
+                            process_count=jax.process_count())
+
     def compiled(self, fn: Callable[[nnx.Module, Any], Any]) -> Callable[[Any, Any], Any]:
         """`fn(model, batch) -> outputs` jitted once per function (and padded shape)."""
         cache = self.__dict__.setdefault("_compiled", {})

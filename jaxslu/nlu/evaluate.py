@@ -134,14 +134,12 @@ class NluEvaluator:
         self._calibrated = False
 
     def _records(self, split: str, threshold: float | None) -> list[dict]:
-        from jaxslu.slu.evaluate import eval_batches
-
         run = self.run
         source = run.task.open_source(split)
         vocab = run.assets.vocab
         predictor = NluPredictor(run, threshold)
         records = []
-        for batch in eval_batches(run, source):
+        for batch in run.eval_batches(source):
             out, index, weight = run.apply(_predict, batch)
             for b, (idx, w) in enumerate(zip(index, weight)):
                 if idx < 0 or w == 0:

@@ -20,7 +20,6 @@ slot_tags [B, L] (-1 at padding and special tokens), index [B], weight [B].
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import shutil
 from pathlib import Path

@@ -76,18 +76,6 @@ class TransducerDecoder:
         return rows, index, weight
 
 
-def eval_batches(run: LoadedRun, source):
-    """This process's shard of `source` as fixed-size eval batches (the task's featurization)."""
-    import jax
-
-    from jaxslu.data.pipeline import make_batches
-
-    prepare = run.task.prepare_fn(source, run.assets, train=False)
-    return make_batches(source, prepare=prepare, collate=run.task.collate,
-                        data_cfg=run.cfg.data, train=False, seed=run.cfg.seed,
-                        process_index=jax.process_index(), process_count=jax.process_count())
-
-
 @EVALUATORS.register("transducer_slu")
 class TransducerSLUEvaluator:
     def __init__(self, run: LoadedRun):
@@ -96,7 +84,7 @@ class TransducerSLUEvaluator:
 
     def records(self, split: str) -> list[dict]:
         source = self.run.task.open_source(split)
-        batches = eval_batches(self.run, source)
+        batches = self.run.eval_batches(source)
         records = []
         for batch in batches:
             rows, index, weight = self.decoder.decode(batch)

@@ -8,7 +8,6 @@ the model's joint activation, and no transcript is longer than its audio can car
 from __future__ import annotations
 
 import dataclasses
-import functools
 from pathlib import Path
 from typing import Any, Sequence
 

@@ -35,10 +35,6 @@ class NonFiniteLossError(FloatingPointError):
     """Training produced a non-finite loss or gradient; the last good checkpoint is untouched."""
 
 
-def open_source(cfg: ExperimentConfig, split: str):
-    return get_task(cfg).open_source(split)
-
-
 def prepare_assets(task: Task, workdir: Path, train_source=None) -> Any:
     """The task's assets from the workdir, or built from the training split. On multi-host,
     process 0 builds and writes them and the others load them once written, so every process

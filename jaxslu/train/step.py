@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import optax
 from flax import nnx
-from jax.sharding import Mesh, NamedSharding
+from jax.sharding import Mesh
 
 from jaxslu.config import ExperimentConfig
 from jaxslu.losses.base import Objective
@@ -133,7 +133,7 @@ class Trainer:
         abstract_state = jax.eval_shape(init)
         replicated = mesh_lib.replicated(mesh)
         # Optimizer moments follow their parameters' shardings (matched by tree structure).
-        opt_shardings = _opt_state_shardings(optimizer, abstract_state.opt_state,
+        opt_shardings = _opt_state_shardings(abstract_state.opt_state,
                                              param_shardings, replicated)
         state_shardings = TrainState(
             step=replicated, params=param_shardings, opt_state=opt_shardings, rng=replicated,
@@ -171,13 +171,11 @@ class Trainer:
         return nnx.merge(self.graphdef, state.params, self.rest)
 
 
-def _opt_state_shardings(optimizer, opt_state, param_shardings, default):
+def _opt_state_shardings(opt_state, param_shardings, default):
     """Shard optimizer leaves like the parameter they mirror (Adam moments), found by path: an
     optimizer leaf whose key path ends with a parameter's path and has its shape takes that
     parameter's sharding (this holds through chains, masks and `multi_transform` groups);
     everything else (counts, masked-out nodes) is replicated."""
-    del optimizer
-
     def keys(path):
         out = []
         for e in path:

@@ -81,6 +81,14 @@ def test_clinc_open_set_threshold_is_calibrated_and_applied(tmp_path):
     assert report["num_out_of_scope"] == 1000 and report["num_in_scope"] == 4500
     for k in ("in_scope_accuracy", "oos_recall", "oos_precision", "intent_accuracy"):
         assert 0.0 <= report[k] <= 1.0
+    # Rejecting below the threshold can only lose in-scope answers, never add right ones; the
+    # recorded records agree with the report.
+    assert report["in_scope_accuracy"] <= report["intent_accuracy"]
+    recs = [json.loads(x) for x in
+            (tmp_path / "predictions_test+oos_test.jsonl").read_text().splitlines()]
+    flagged = [r for r in recs if not r["in_scope_ref"]]
+    assert abs(np.mean([not r["in_scope_hyp"] for r in flagged]) - report["oos_recall"]) < 1e-9
+    assert all((r["confidence"] >= calib["threshold"]) == r["in_scope_hyp"] for r in recs)
 
 
 def test_nlu_command_labels_lines_and_names_bad_ones(nlu_run, tmp_path):
