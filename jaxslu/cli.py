@@ -76,6 +76,31 @@ def cmd_transcribe(args) -> int:
     return 0
 
 
+def cmd_discover(args) -> int:
+    """Discover new intents and domains in a TSV (jaxslu/discovery/pipeline.py)."""
+    from jaxslu import paths
+    from jaxslu.config import load_config
+    from jaxslu.discovery.pipeline import run_discovery
+    from jaxslu.provenance import Recorder
+
+    rec = Recorder(["jaxslu", *(args.argv or [])] if args.argv else None)
+    config = args.config or str(paths.REPO_ROOT / "configs" / "discovery.py")
+    cfg = load_config(config, args.variant, args.overrides)
+    report = run_discovery(cfg, train_path=args.train, test_path=args.test, dev_path=args.dev,
+                           known_ratio=args.known_ratio, labeled_ratio=args.labeled_ratio,
+                           seed=args.seed, out=args.out)
+    report["config"] = config
+    report["variant"] = args.variant or "default"
+    report["overrides"] = list(args.overrides)
+    path = rec.write(Path(args.out) / "report.json", report)
+    summary = {k: report.get(k) for k in ("k_true", "k_found", "nmi", "ari", "acc")}
+    summary["open"] = report["open"]
+    summary["seconds"] = report["timings"]["total_s"]
+    print(json.dumps(summary))
+    print(path)
+    return 0
+
+
 def cmd_nlu(args) -> int:
     """Label utterances (one per line of FILE or stdin) with a trained NLU run: JSON lines."""
     import jax
@@ -174,6 +199,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("file", nargs="?", default=None, help="one utterance per line (default stdin)")
     p.set_defaults(func=cmd_nlu)
 
+    p = sub.add_parser("discover", help="find the new intents (and domains) in text<TAB>label "
+                       "TSV files and how many there are (ADVIN)")
+    p.add_argument("--train", required=True, help="training TSV (text<TAB>label, header line)")
+    p.add_argument("--test", required=True, help="test TSV, scored as a whole")
+    p.add_argument("--dev", default=None, help="dev TSV (its known-intent rows calibrate)")
+    p.add_argument("--known-ratio", type=float, default=0.75)
+    p.add_argument("--labeled-ratio", type=float, default=0.1)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True, help="folder for predictions.jsonl and report.json")
+    _add_config_args(p, required=False)
+    p.set_defaults(func=cmd_discover)
+
     p = sub.add_parser("demo", help="train and evaluate the FSDD spoken-digit SLU transducer")
     p.add_argument("--workdir", default="runs/fsdd_demo")
     p.add_argument("--variant", default=None)
@@ -206,6 +243,7 @@ def _enable_compilation_cache() -> None:
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     _enable_compilation_cache()
     _setup_logging(args.verbose or args.command in ("train", "demo"))
     from jaxslu.config import ConfigError

@@ -274,3 +274,16 @@ def missing_fields(record: dict[str, Any]) -> list[str]:
         if k not in v:
             missing.append(f"versions.{k}")
     return missing
+
+
+def replace_generated_block(doc: str | os.PathLike, begin: str, end: str, body: str) -> Path:
+    """Rewrite the text between the `begin` and `end` marker lines of `doc` with `body` (the
+    tables a docs script generates from results JSON); the prose around them is kept."""
+    doc = Path(doc)
+    text = doc.read_text()
+    if begin not in text or end not in text:
+        raise SystemExit(f"{doc} lacks the generated-block markers {begin!r} ... {end!r}")
+    head, rest = text.split(begin, 1)
+    _, tail = rest.split(end, 1)
+    doc.write_text(f"{head}{begin}\n{body}\n{end}{tail}")
+    return doc

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
 RESULTS = ROOT / "results" / "nlu"
 DOC = ROOT / "docs" / "nlu.md"
 BEGIN, END = "<!-- BEGIN GENERATED: render_nlu_docs.py -->", "<!-- END GENERATED -->"
@@ -66,13 +67,9 @@ def tables() -> str:
 
 
 def main() -> int:
-    text = DOC.read_text()
-    if BEGIN not in text or END not in text:
-        raise SystemExit(f"{DOC} lacks the generated-block markers")
-    head, rest = text.split(BEGIN, 1)
-    _, tail = rest.split(END, 1)
-    DOC.write_text(f"{head}{BEGIN}\n{tables()}\n{END}{tail}")
-    print(DOC)
+    from jaxslu.provenance import replace_generated_block
+
+    print(replace_generated_block(DOC, BEGIN, END, tables()))
     return 0
 
 

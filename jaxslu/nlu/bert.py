@@ -198,19 +198,30 @@ class BertEncoder(nnx.Module):
 
     def __call__(self, input_ids: jax.Array, attention_mask: jax.Array,
                  token_type_ids: jax.Array | None = None, *, train: bool = False,
-                 rngs: nnx.Rngs | None = None, dropout_rate: float = 0.1) -> jax.Array:
+                 rngs: nnx.Rngs | None = None, dropout_rate: float = 0.1,
+                 num_layers: int | None = None) -> jax.Array:
+        """`num_layers`: run only the first that many layers (the hidden state after them, as
+        HF's `hidden_states[num_layers]`); None runs all of them."""
         input_ids = jnp.asarray(input_ids, jnp.int32)
         if token_type_ids is None:
             token_type_ids = jnp.zeros_like(input_ids)
         dtype = self.embeddings.word.dtype
         x = self.embeddings(input_ids, jnp.asarray(token_type_ids, jnp.int32)).astype(dtype)
         x = dropout(x, dropout_rate, train=train, rngs=rngs)
-        # HF's extended attention mask: (1 - mask) * finfo.min added to the scores.
-        keep = jnp.asarray(attention_mask).astype(jnp.float32)[:, None, None, :]
-        bias = (1.0 - keep) * jnp.finfo(jnp.float32).min
-        for layer in self.layers:
-            x = layer(x, bias, train=train, rngs=rngs, dropout_rate=dropout_rate)
+        bias = attention_bias(attention_mask)
+        stop = len(self.layers) if num_layers is None else int(num_layers)
+        if not 0 <= stop <= len(self.layers):
+            raise ValueError(f"num_layers={num_layers} outside 0..{len(self.layers)}")
+        for k in range(stop):
+            x = self.layers[k](x, bias, train=train, rngs=rngs, dropout_rate=dropout_rate)
         return x.astype(jnp.float32)
+
+
+def attention_bias(attention_mask: jax.Array) -> jax.Array:
+    """HF's extended attention mask: (1 - mask) * finfo.min, shaped [B, 1, 1, L] for the
+    scores of `BertLayer`."""
+    keep = jnp.asarray(attention_mask).astype(jnp.float32)[:, None, None, :]
+    return (1.0 - keep) * jnp.finfo(jnp.float32).min
 
 
 # --------------------------------------------------------------------------------------------
