@@ -29,7 +29,7 @@ K, on the learned embedding and on the frozen encoder's embedding.
 
 Options (`eval.options` of the config, `--set eval.options.<name>=...`):
   heldout_intents (0.2), heldout_examples (0.25, without a dev file), min_cluster_frac (0.5),
-  max_pool (8000), ood (a TSV or text file of
+  max_pool (8000), refine_steps (3), ood (a TSV or text file of
   out-of-domain utterances; default: CLINC150's out-of-scope training queries when bundled;
   "none" for none), domains (JSON {domain: [intents]}; default: domains.json beside the train
   file), refit (True), baselines (True).
@@ -53,7 +53,8 @@ from jaxslu.discovery.data import (ProtocolSplit, Row, protocol_split, read_doma
 log = logging.getLogger("jaxslu")
 
 DEFAULTS = {"heldout_intents": 0.2, "heldout_examples": 0.25, "ood": "", "domains": "",
-            "min_cluster_frac": 0.5, "max_pool": 8000, "refit": True, "baselines": True}
+            "min_cluster_frac": 0.5, "max_pool": 8000, "refit": True, "baselines": True,
+            "refine_steps": 3}
 
 
 def _options(cfg: ExperimentConfig) -> dict[str, Any]:
@@ -195,6 +196,10 @@ def run_discovery(cfg: ExperimentConfig, *, train_path: str | Path, test_path: s
         return {"text": text, "label": label if label else (r.label if isinstance(r, Row) else ""),
                 "feature_row": index_of[text]}
 
+    # The store holds every text of the files in file order, so one cache serves every seed
+    # and known ratio of a dataset.
+    for r in (*train_rows, *test_rows, *dev_rows, *ood_texts):
+        row(r)
     lab_rows = [row(r) for r in labeled]
     if dev_rows:
         cal_train = [r for r in lab_rows if r["label"] in set(fit)]
@@ -262,13 +267,6 @@ def run_discovery(cfg: ExperimentConfig, *, train_path: str | Path, test_path: s
     else:
         tau_cluster, curve = C.calibrate_threshold(e_acc, [r["label"] for r in cal_accept])
     tau_domain = None
-    if intent_domain is not None:
-        known_with_domain = [x for x in known if x in intent_domain]
-        doms = {intent_domain[x] for x in known_with_domain}
-        if len(doms) >= 2:
-            e_lab = emb_cal(lab_rows)
-            kc = centroids(e_lab, [r["label"] for r in lab_rows], known_with_domain)
-            tau_domain, _ = C.calibrate_threshold(kc, [intent_domain[x] for x in known_with_domain])
     timings["calibration_s"] = round(time.perf_counter() - t0, 1)
     calibration = {"pseudo_novel_intents": pseudo, "trained_intents": len(fit),
                    "open_threshold": round(tau_open, 4),
@@ -326,13 +324,30 @@ def run_discovery(cfg: ExperimentConfig, *, train_path: str | Path, test_path: s
     t_ids = ids[n_pool_flag:]
     for pos, c in zip(flagged_test, t_ids):
         test_cluster[pos] = (len(known) + c) if c >= 0 else (-1 - c)
+    pool_cluster = pool_int.copy()
+    for pos, c in zip(np.where(~pool_known)[0], ids[:n_pool_flag]):
+        pool_cluster[pos] = (len(known) + c) if c >= 0 else (-1 - c)
+    refine_steps = int(opts["refine_steps"])
+    if refine_steps and n_new:
+        test_cluster, new_cent = refine(np.concatenate([e_pool, e_test]),
+                                        np.concatenate([pool_cluster, test_cluster]),
+                                        e_lab, [known.index(r["label"]) for r in lab_rows],
+                                        len(known), len(known) + n_new, refine_steps)
+        test_cluster = test_cluster[len(e_pool):]
+        n_new = len(new_cent)
     is_known_pred = test_cluster < len(known)
 
-    # stage 3: domains over every intent's centroid
+    # stage 3: domains over every intent's centroid; the cut is measured on the known intents'
+    # centroids in this same embedding (their domains are known)
     all_cent = np.concatenate([known_cent, new_cent]) if n_new else known_cent
     domain_of_cluster = None
-    if tau_domain is not None:
-        domain_of_cluster = C.cut(C.linkage(all_cent), tau_domain, len(all_cent))
+    if intent_domain is not None:
+        with_domain = [k for k, x in enumerate(known) if x in intent_domain]
+        if len({intent_domain[known[k]] for k in with_domain}) >= 2:
+            tau_domain, _ = C.calibrate_threshold(
+                known_cent[with_domain], [intent_domain[known[k]] for k in with_domain])
+            calibration["domain_threshold"] = round(tau_domain, 4)
+            domain_of_cluster = C.cut(C.linkage(all_cent), tau_domain, len(all_cent))
     timings["discovery_s"] = round(time.perf_counter() - t0, 1)
 
     # -- report ---------------------------------------------------------------------------------
@@ -376,6 +391,37 @@ def run_discovery(cfg: ExperimentConfig, *, train_path: str | Path, test_path: s
                                  }) + "\n")
     (out / "predictions.jsonl.tmp").replace(out / "predictions.jsonl")
     return report
+
+
+def refine(x: np.ndarray, assign: np.ndarray, e_lab: np.ndarray, lab_ids: Sequence[int],
+           n_known: int, n_total: int, steps: int) -> tuple[np.ndarray, np.ndarray]:
+    """A few Lloyd steps over every clustered row with the discovered K: each row moves to its
+    nearest centroid (cosine), known centroids are the mean of their labeled rows and the rows
+    they hold, new ones the mean of theirs; new clusters left empty are dropped. Corrects the
+    one-shot open decisions near the threshold in both directions. Returns (cluster per row,
+    new-cluster centroids)."""
+    x = C.normalize(x)
+    lab_sum = np.zeros((n_known, x.shape[1]))
+    np.add.at(lab_sum, np.asarray(lab_ids), C.normalize(e_lab))
+    assign = np.asarray(assign).copy()
+    for _ in range(steps + 1):
+        sums = np.zeros((n_total, x.shape[1]))
+        np.add.at(sums, assign, x)
+        sums[:n_known] += lab_sum
+        counts = np.bincount(assign, minlength=n_total)
+        alive = np.array([c for c in range(n_total) if c < n_known or counts[c] > 0])
+        cents = C.normalize(sums[alive])
+        new = alive[np.argmax(x @ cents.T, axis=1)]
+        if np.array_equal(new, assign):
+            break
+        assign = new
+    kept = sorted(set(assign[assign >= n_known].tolist()))
+    remap = {c: n_known + j for j, c in enumerate(kept)}
+    out = np.array([remap.get(int(c), int(c)) for c in assign], np.int64)
+    sums = np.zeros((len(kept), x.shape[1]))
+    for j, c in enumerate(kept):
+        sums[j] = x[assign == c].sum(0)
+    return out, (C.normalize(sums) if kept else np.zeros((0, x.shape[1])))
 
 
 def _check_protocol(out: Path, protocol: dict[str, Any]) -> None:
