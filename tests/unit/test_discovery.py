@@ -258,3 +258,18 @@ def test_cached_bottom_plus_top_layers_equals_the_whole_encoder(minilm_path, tmp
                           texts)
     np.testing.assert_allclose(got, ref, atol=2e-3)
     assert np.min(np.sum(got * ref, axis=1)) > 0.9999
+
+
+def test_refine_corrects_assignments_and_drops_empty_clusters(rng):
+    from jaxslu.discovery.pipeline import refine
+
+    x, y = _blobs(rng, k=4, n=10)
+    # blobs 0, 1 are known (labeled rows: their first 3 points), 2 and 3 new clusters 2, 3;
+    # a point of blob 2 is wrongly held by known intent 0, one of blob 0 by new cluster 3,
+    # and an extra new cluster 4 holds nothing
+    assign = y.copy()
+    assign[20], assign[5] = 0, 3
+    lab = np.concatenate([x[0:3], x[10:13]])
+    out, cents = refine(x, assign, lab, [0, 0, 0, 1, 1, 1], n_known=2, n_total=5, steps=3)
+    assert out.tolist() == y.tolist()
+    assert len(cents) == 2
