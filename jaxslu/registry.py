@@ -72,7 +72,8 @@ class Registry(Generic[T]):
 
 
 # Task families register their tasks, models, loss terms, sources and evaluators when imported.
-FAMILIES = ("jaxslu.slu", "jaxslu.nlu", "jaxslu.discovery")
+FAMILIES = ("jaxslu.slu", "jaxslu.nlu", "jaxslu.discovery", "jaxslu.personalization",
+            "jaxslu.recommendation")
 
 TASKS: Registry[Any] = Registry("task", providers=FAMILIES)
 EVALUATORS: Registry[Any] = Registry("evaluator", providers=FAMILIES)

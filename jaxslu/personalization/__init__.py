@@ -1,0 +1,1 @@
+"""Personalization: incremental user embeddings (request + long-term and short-term histories)."""

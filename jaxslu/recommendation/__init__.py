@@ -1,0 +1,1 @@
+"""Recommendation: (contrastive) KGAT over a collaborative knowledge graph."""
