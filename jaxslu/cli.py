@@ -6,6 +6,7 @@
     jaxslu transcribe --workdir runs/fsdd a.wav b.flac
     jaxslu nlu --workdir runs/nlu [FILE]          label text, one utterance per line
     jaxslu synth-slurp --out DIR                  render the spoken SLURP corpus
+    jaxslu simulate-log --out FILE                the simulated assistant interaction log
 """
 from __future__ import annotations
 
@@ -168,6 +169,17 @@ def cmd_synth_slurp(args) -> int:
     return 0
 
 
+def cmd_simulate_log(args) -> int:
+    from jaxslu.personalization import simulator as sim
+    events = sim.simulate(sim.SimulatorConfig(num_users=args.users, seed=args.seed))
+    path = sim.write_log(args.out, events)
+    print(json.dumps({"path": str(path), "events": len(events),
+                      "users": len({e["user"] for e in events}),
+                      "labels": len(sim.label_set(events)),
+                      "ambiguous": round(sum(e["ambiguous"] for e in events) / len(events), 4)}))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="jaxslu", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -224,6 +236,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--utterances", type=int, default=None)
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_synth_slurp)
+
+    p = sub.add_parser("simulate-log", help="write the simulated assistant interaction log "
+                       "(JSONL) that the personalization configs read")
+    p.add_argument("--out", required=True)
+    p.add_argument("--users", type=int, default=2000)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_simulate_log)
     return parser
 
 

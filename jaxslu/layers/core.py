@@ -64,9 +64,10 @@ class Embed(nnx.Module):
     """Token embedding table [num, dim] with logical axes ("vocab", "embed")."""
 
     def __init__(self, num_embeddings: int, features: int, *, rngs: nnx.Rngs,
-                 axes: tuple[str | None, str | None] = ("vocab", "embed")):
+                 axes: tuple[str | None, str | None] = ("vocab", "embed"), stddev: float = 1.0):
         self.num_embeddings = num_embeddings
-        self.embedding = param(rngs, nnx.initializers.normal(1.0), (num_embeddings, features), axes)
+        self.embedding = param(rngs, nnx.initializers.normal(stddev), (num_embeddings, features),
+                               axes)
 
     def __call__(self, ids: jax.Array) -> jax.Array:
         return jnp.take(self.embedding[...], ids, axis=0)
