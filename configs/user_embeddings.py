@@ -23,11 +23,13 @@ def get_config(variant: str = "log") -> ExperimentConfig:
         cfg = ExperimentConfig(
             name="user_embeddings_log",
             task="user_embeddings",
-            task_options={"max_events": 512, "max_words": 16},
+            task_options={"max_events": 256, "max_words": 16,
+                          "event_buckets": [32, 64, 128, 256]},
             model=UserEmbeddingConfig(dim=64, heads=2, slots=8, window=10, dropout=0.1),
             loss="sequence_ce",
             data=DataConfig(dataset="assistant_log",
-                            options={"num_users": 60 if tiny else 2000, "sim_seed": 0},
+                            options={"num_users": 60 if tiny else 2000, "sim_seed": 0,
+                                     "sim_options": {"max_events": 250}},
                             batch_size=8 if tiny else 16, eval_batch_size=16,
                             eval_splits=("test",)),
             optim=OptimConfig(learning_rate=2e-3, warmup_steps=20 if tiny else 100,
@@ -43,8 +45,8 @@ def get_config(variant: str = "log") -> ExperimentConfig:
         cfg = ExperimentConfig(
             name="user_embeddings_movielens",
             task="user_embeddings",
-            task_options={"max_events": 200, "max_words": 1, "exclude_seen": True,
-                          "event_buckets": (32, 64, 128, 200)},
+            task_options={"max_events": 100, "max_words": 1, "exclude_seen": True,
+                          "event_buckets": [32, 64, 100]},
             model=UserEmbeddingConfig(dim=64, heads=2, slots=8, window=10, event_text=False,
                                       dropout=0.2),
             loss="sequence_ce",
@@ -62,7 +64,7 @@ def get_config(variant: str = "log") -> ExperimentConfig:
     elif model == "sasrec":
         cfg = dataclasses.replace(cfg, name=cfg.name + "_sasrec", model=SasRecConfig(
             dim=cfg.model.dim, heads=cfg.model.heads, num_layers=2,
-            max_len=max(cfg.task_options.get("event_buckets", (512,))),
+            max_len=max(cfg.task_options.get("event_buckets", [512])),
             dropout=cfg.model.dropout))
     elif model:
         raise ValueError(f"unknown model suffix +{model}: use +no_history or +sasrec")
