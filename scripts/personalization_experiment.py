@@ -161,12 +161,10 @@ def main(argv=None) -> int:
     prev = json.loads(out.read_text()) if out.exists() else {}
     datasets = [d for d in prev.get("datasets", []) if d.get("name") != entry["name"]]
     datasets.append(entry)
-    runs = {d["name"]: d.get("provenance") for d in datasets}
     entry["provenance"] = rec.provenance()
     rec.write(out, {"datasets": sorted(datasets, key=lambda d: d["name"])})
     print(json.dumps({k: entry[k] for k in ("name", "model_accuracy", "no_history_accuracy",
                                             "incremental_max_abs_diff")}))
-    del runs
     return 0
 
 

@@ -17,14 +17,11 @@ Registered sources (`jaxslu.registry.DATASETS`):
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 from pathlib import Path
 from typing import Any, Sequence
 
-import numpy as np
 
-from jaxslu import paths
 from jaxslu.registry import DATASETS
 
 log = logging.getLogger(__name__)
@@ -175,11 +172,3 @@ def movielens_seq(split: str, *, path: str = "", min_events: int = 5) -> Sequenc
 
 def _natural(s: str):
     return (0, int(s), "") if s.isdigit() else (1, 0, s)
-
-
-def read_assets(path: Path) -> dict[str, list[str]]:
-    return json.loads(Path(path).read_text())
-
-
-def default_log_path() -> Path:
-    return paths.cache_dir() / "personalization" / "assistant_log.jsonl"

@@ -7,7 +7,6 @@ import sys
 from collections import Counter
 from pathlib import Path
 
-import pytest
 
 from jaxslu.config import load_config
 from jaxslu.eval import evaluate_workdir

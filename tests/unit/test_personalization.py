@@ -308,3 +308,22 @@ def test_movielens_leave_one_out_source(tmp_path):
         assert te.metadata(i)["score_from"] == len(full) - 1
     assert len(te.catalogue) == 20
     assert json.dumps(te.metadata(0))  # rows are plain JSON
+
+
+def test_simulate_log_command_and_log_source(tmp_path, capsys):
+    from jaxslu.cli import main
+    from jaxslu.personalization.data import assistant_log
+
+    out = tmp_path / "log.jsonl"
+    assert main(["simulate-log", "--out", str(out), "--users", "40", "--seed", "3"]) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["users"] == 40 and out.exists()
+    splits = {s: assistant_log(s, path=str(out)) for s in ("train", "dev", "test")}
+    users = [{r["id"] for r in src.rows} for src in splits.values()]
+    assert sum(map(len, users)) == 40 and not (users[0] & users[2]) and not (users[0] & users[1])
+    row = splits["train"].metadata(0)
+    assert row["events"][0]["feats"][0].startswith("hour=") and "kind" in row["events"][0]["meta"]
+    with pytest.raises(FileNotFoundError, match="simulate-log"):
+        assistant_log("train", path=str(tmp_path / "missing.jsonl"))
+    with pytest.raises(ValueError, match="split"):
+        assistant_log("validation", path=str(out))
