@@ -7,6 +7,7 @@
     jaxslu nlu --workdir runs/nlu [FILE]          label text, one utterance per line
     jaxslu synth-slurp --out DIR                  render the spoken SLURP corpus
     jaxslu simulate-log --out FILE                the simulated assistant interaction log
+    jaxslu selflearn simulate|mine|rephrase|isolate|rewrite ...   self-learning from interactions
 """
 from __future__ import annotations
 
@@ -180,6 +181,49 @@ def cmd_simulate_log(args) -> int:
     return 0
 
 
+def _selflearn_config(name: str, args):
+    from jaxslu.config import load_config
+
+    path = REPO_ROOT / "configs" / f"selflearn_{name}.py"
+    overrides = [f"data.options.path={args.log}"] + list(args.overrides)
+    return load_config(path, args.variant, overrides)
+
+
+def cmd_selflearn(args) -> int:
+    from jaxslu.selflearn import pipeline
+
+    if args.stage == "simulate":
+        from jaxslu.selflearn.simulator import SimulatorConfig
+
+        cfg = SimulatorConfig(num_users=args.users, sessions_per_user=args.sessions_per_user,
+                              seed=args.seed)
+        stats = pipeline.simulate_log(args.out, system_workdir=args.system, cfg=cfg)
+        print(json.dumps({"out": str(args.out), **stats}))
+        return 0
+    if args.stage == "mine":
+        result = pipeline.mine(args.log, out=args.out, min_count=args.min_count)
+        result.pop("examples", None)
+        print(json.dumps(result))
+        return 0
+    if args.stage in ("rephrase", "isolate"):
+        from jaxslu.eval import evaluate_workdir
+        from jaxslu.train.loop import train
+
+        cfg = _selflearn_config("rephrase" if args.stage == "rephrase" else "isolation", args)
+        train(cfg, args.workdir, progress=False)
+        reports = evaluate_workdir(args.workdir)
+        keys = (("precision", "recall", "f1", "span_f1", "exact_match") if args.stage ==
+                "rephrase" else ("accuracy", "macro_f1", "per_class_f1"))
+        print(json.dumps({split: {k: r[k] for k in keys} for split, r in reports.items()}))
+        return 0
+    if args.stage == "rewrite":
+        result = pipeline.rewrite(args.log, args.workdir, variant=args.variant,
+                                  overrides=args.overrides)
+        print(json.dumps(result))
+        return 0
+    raise ValueError(f"unknown selflearn stage {args.stage!r}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="jaxslu", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -243,6 +287,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--users", type=int, default=2000)
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_simulate_log)
+
+    p = sub.add_parser("selflearn", help="self-learning from interactions: simulate a log, mine "
+                       "rewrites, detect rephrases, isolate failures, rewrite online")
+    stages = p.add_subparsers(dest="stage", required=True)
+    q = stages.add_parser("simulate", help="write a simulated session log folder")
+    q.add_argument("--system", required=True,
+                   help="the assistant's NLU run (configs/selflearn_system.py workdir)")
+    q.add_argument("--out", required=True)
+    q.add_argument("--users", type=int, default=3000)
+    q.add_argument("--sessions-per-user", type=float, default=36.0)
+    q.add_argument("--seed", type=int, default=0)
+    q = stages.add_parser("mine", help="mine rewrites (absorbing Markov chain) on the log's "
+                          "train days, win/loss on its held-out days")
+    q.add_argument("--log", required=True)
+    q.add_argument("--out", default=None, help="write the rewrites (JSONL) here")
+    q.add_argument("--min-count", type=int, default=3)
+    for stage, what in (("rephrase", "rephrase detection"), ("isolate", "failure isolation"),
+                        ("rewrite", "the online rewriter (retriever, index, ranker)")):
+        q = stages.add_parser(stage, help=f"train and evaluate {what} on a log")
+        q.add_argument("--log", required=True)
+        q.add_argument("--workdir", required=True)
+        q.add_argument("--variant", default=None, help="config variant, e.g. tiny")
+        q.add_argument("--set", dest="overrides", action="append", default=[],
+                       metavar="KEY=VALUE", help="override a config field (repeatable)")
+    p.set_defaults(func=cmd_selflearn)
     return parser
 
 
@@ -264,7 +333,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)
     _enable_compilation_cache()
-    _setup_logging(args.verbose or args.command in ("train", "demo"))
+    _setup_logging(args.verbose or args.command in ("train", "demo", "selflearn"))
     from jaxslu.config import ConfigError
     try:
         return args.func(args)

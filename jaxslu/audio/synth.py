@@ -361,3 +361,29 @@ def make_speakers(n: int, seed: int = 0, *, voices: tuple[str, ...] | None = Non
         out.append(Speaker(f"spk{i:03d}", voice, region.label, rate, pitch,
                            round(float(lat), 4), round(float(lon), 4)))
     return out
+
+
+def phonemes(words: "list[str] | tuple[str, ...]", voice: str = "en-us") -> list[str]:
+    """eSpeak NG's phoneme transcription (ASCII phoneme mnemonics) of each word, in one library
+    session; a word eSpeak gives nothing for maps to "". Used to find words a recognizer would
+    confuse (jaxslu.selflearn.confusions)."""
+    _check_voice_name(voice)
+    out: list[str] = []
+    with _LOCK, _Session() as session:
+        lib = session.lib
+        _select_voice(lib, voice)
+        lib.espeak_TextToPhonemes.argtypes = [ctypes.POINTER(ctypes.c_char_p), ctypes.c_int,
+                                              ctypes.c_int]
+        lib.espeak_TextToPhonemes.restype = ctypes.c_char_p
+        for w in words:
+            buf = ctypes.c_char_p(w.encode("utf-8") + b"\0")
+            ptr = ctypes.pointer(buf)
+            parts = []
+            for _ in range(64):  # a clause per call; a word is one clause
+                res = lib.espeak_TextToPhonemes(ptr, _CHARS_UTF8, 0)
+                if res:
+                    parts.append(res.decode("utf-8", "replace"))
+                if not ptr.contents.value:
+                    break
+            out.append(" ".join(p.strip() for p in parts if p.strip()))
+    return out
