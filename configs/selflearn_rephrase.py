@@ -28,7 +28,7 @@ def get_config(variant: str = "default") -> ExperimentConfig:
                         train_split="train", eval_splits=("heldout",), batch_size=64,
                         eval_batch_size=256),
         optim=OptimConfig(learning_rate=1e-3, warmup_steps=200, weight_decay=0.01),
-        train=TrainConfig(steps=1500, log_every=100, checkpoint_every=500),
+        train=TrainConfig(steps=1000, log_every=100, checkpoint_every=500),
         eval=EvalConfig(),
         seed=0,
     )

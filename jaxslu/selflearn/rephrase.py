@@ -216,8 +216,8 @@ def detection_report(records: list[dict]) -> dict[str, Any]:
             "precision": prec, "recall": rec,
             "f1": 2 * prec * rec / (prec + rec) if prec + rec else 0.0,
             "span_f1": float(np.mean([r["span_f1"] for r in positives])) if positives else 0.0,
-            "exact_match": (float(np.mean([r["pred"] == r["true"] for r in positives]))
-                            if positives else 0.0),
+            "exact_match": (float(np.mean([r["pred"] == r["true"] != [0, 0]
+                                           for r in positives])) if positives else 0.0),
             "beyond_gap": sum(r["has_rephrase"] and r["true"] == [0, 0] for r in records)}
 
 
