@@ -22,6 +22,7 @@ def get_config(variant: str = "default") -> ExperimentConfig:
         model=IsolationConfig(encoder=TextEncoderConfig(num_layers=2, dim=128, heads=4,
                                                         ff_mult=4, dropout=0.1)),
         loss="failure_ce",
+        loss_options={"failure_ce": {"balanced": True}},
         data=DataConfig(dataset="selflearn_turns",
                         options={"path": "runs/selflearn/log"},
                         train_split="train", eval_splits=("heldout",), batch_size=64,

@@ -94,6 +94,7 @@ class RecordSource:
 class WordAssets:
     words: list[str]  # id = position + RESERVED
     labels: list[str] = dataclasses.field(default_factory=list)
+    label_counts: list[int] = dataclasses.field(default_factory=list)  # training examples
 
     def __post_init__(self):
         self.word_id = {w: i + RESERVED for i, w in enumerate(self.words)}
@@ -103,18 +104,25 @@ class WordAssets:
 
 
 def build_word_assets(source, words_of: Callable[[dict], Sequence[str]], min_count: int,
-                      labels: Sequence[str] = ()) -> WordAssets:
+                      labels: Sequence[str] = (),
+                      label_of: Callable[[dict], str] | None = None) -> WordAssets:
     counts: Counter = Counter()
+    label_counts: Counter = Counter()
     for i in range(len(source)):
-        counts.update(words_of(source.metadata(i)))
+        ex = source.metadata(i)
+        counts.update(words_of(ex))
+        if label_of is not None:
+            label_counts[label_of(ex)] += 1
     if not counts:
         raise DataError(f"training source {source!r} has no words")
-    return WordAssets(sorted(w for w, c in counts.items() if c >= min_count), list(labels))
+    return WordAssets(sorted(w for w, c in counts.items() if c >= min_count), list(labels),
+                      [label_counts[x] for x in labels] if label_of else [])
 
 
 def save_word_assets(assets: WordAssets, workdir: Path, name: str) -> None:
     tmp = Path(workdir) / f".{name}.tmp{os.getpid()}"
-    tmp.write_text(json.dumps({"words": assets.words, "labels": assets.labels}))
+    tmp.write_text(json.dumps({"words": assets.words, "labels": assets.labels,
+                               "label_counts": assets.label_counts}))
     tmp.replace(Path(workdir) / name)
 
 
@@ -123,7 +131,7 @@ def load_word_assets(workdir: Path, name: str) -> WordAssets | None:
     if not p.is_file():
         return None
     d = json.loads(p.read_text())
-    return WordAssets(d["words"], d.get("labels", []))
+    return WordAssets(d["words"], d.get("labels", []), d.get("label_counts", []))
 
 
 class DialogueEncoder(nnx.Module):
@@ -193,8 +201,12 @@ class DialogueTask(Task):
     def load_assets(self, workdir: Path):
         return load_word_assets(workdir, self.asset_file)
 
+    def label_of(self, example: dict) -> str | None:
+        return None
+
     def build_assets(self, source, scratch: Path):
-        return build_word_assets(source, self.words_of, self.min_word_count, self.labels)
+        return build_word_assets(source, self.words_of, self.min_word_count, self.labels,
+                                 self.label_of if self.labels else None)
 
     def save_assets(self, assets, workdir: Path) -> None:
         save_word_assets(assets, workdir, self.asset_file)

@@ -95,6 +95,20 @@ class FailureIsolationTask(D.DialogueTask):
     def words_of(self, example):
         return example["words"] + example["interp"] + example["next"]
 
+    def label_of(self, example):
+        return example["failure"]
+
+    def constants(self, params, assets):
+        """`class_weights` [K]: (n / (K * n_k)) ** 0.5 over the training examples (the square
+        root of inverse frequency, mean-normalized over the classes present), read by
+        `failure_ce(balanced=True)` so the rare failure points are not ignored."""
+        counts = np.asarray(assets.label_counts or [1] * len(FAILURES), np.float64)
+        present = counts > 0
+        w = np.where(present, np.sqrt(counts.sum() / (present.sum() * np.maximum(counts, 1))),
+                     0.0)
+        w = w / w[present].mean()
+        return {"class_weights": jnp.asarray(w, jnp.float32)}
+
     def encode(self, example, assets):
         return encode(example, assets, self.max_len)
 
@@ -143,10 +157,19 @@ def class_ce_value(logits, label, weight, class_weights=None):
 
 
 @LOSSES.register("failure_ce")
-def failure_ce():
-    """Cross-entropy over the failure classes (`outputs["logits"]`, `batch["label"]`)."""
+def failure_ce(*, balanced: bool = False):
+    """Cross-entropy over the failure classes (`outputs["logits"]`, `batch["label"]`);
+    `balanced`: examples weighted by the task's `class_weights` constant (square-root inverse
+    class frequency of the training data)."""
     def term(batch, outputs, params):
-        return class_ce_value(outputs["logits"], batch["label"], batch["weight"])
+        weights = None
+        if balanced:
+            task_constants = outputs.get("constants", {}).get("task", {})
+            if "class_weights" not in task_constants:
+                raise ValueError("failure_ce(balanced=True) needs the failure_isolation task's "
+                                 "class_weights constant")
+            weights = task_constants["class_weights"]
+        return class_ce_value(outputs["logits"], batch["label"], batch["weight"], weights)
     return term
 
 

@@ -414,14 +414,33 @@ def _session_events(session: Any, pos: int) -> list[tuple[int, dict]]:
     return directed
 
 
+CORRECTION_CUES = (("no",), ("i", "said"), ("i", "meant"), ("i", "mean"), ("sorry",))
+
+
+def request_state(turn: dict) -> str:
+    """A turn's state with leading correction cues removed ("no no i said play x" -> "play x"),
+    so a correction and the plain request it restates are one state (a cue-only turn keeps its
+    words)."""
+    words = turn["asr"].split()
+    k, changed = 0, True
+    while changed:
+        changed = False
+        for cue in CORRECTION_CUES:
+            if tuple(words[k:k + len(cue)]) == cue and k + len(cue) < len(words):
+                k += len(cue)
+                changed = True
+    return " ".join(words[k:])
+
+
 def build_chain(sessions: Iterable[dict], *, max_gap: float = 45.0,
-                min_count: int = 1) -> AbsorbingChain:
+                min_count: int = 1, state_fn=None) -> AbsorbingChain:
     """Count the chain's transitions over ``sessions`` (module docstring for the rule).
 
     ``min_count``: states with fewer visits are censored out of the observed paths (module
     docstring, "Choices"). Raises ValueError naming the session (and turn) for a malformed
     session: missing ``turns``, a directed turn missing ``t``/``asr``/``signal``, an unknown
-    signal, times going backwards.
+    signal, times going backwards. ``state_fn(turn) -> str`` names a turn's state (default: its
+    whitespace-normalized ``asr``; `request_state` also drops correction cues).
     """
     if not _is_number(max_gap) or max_gap < 0:
         raise ValueError(f"max_gap={max_gap!r} must be a finite number >= 0")
@@ -434,7 +453,7 @@ def build_chain(sessions: Iterable[dict], *, max_gap: float = 45.0,
     for pos, session in enumerate(sessions):
         directed = _session_events(session, pos)
         for j, (_, turn) in enumerate(directed):
-            state = normalize(turn["asr"])
+            state = state_fn(turn) if state_fn else normalize(turn["asr"])
             ids.append(intern.setdefault(state, len(intern)))
             seg.append(len(seg_out))
             nxt = directed[j + 1][1] if j + 1 < len(directed) else None

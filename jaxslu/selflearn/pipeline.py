@@ -115,7 +115,7 @@ def mine(log_dir: str | Path, *, max_gap: float = 45.0, min_count: int = 3, max_
     sessions = S.read_sessions(log_dir)
     train = [s for s in sessions if s["split"] == "train"]
     heldout = [s for s in sessions if s["split"] == "heldout"]
-    chain = M.build_chain(train, max_gap=max_gap, min_count=1)
+    chain = M.build_chain(train, max_gap=max_gap, min_count=1, state_fn=M.request_state)
     rewrites = M.mine_rewrites(chain, min_count=min_count, max_hops=max_hops,
                                min_reach=min_reach, max_source_success=max_source_success,
                                min_gain=min_gain)

@@ -272,3 +272,24 @@ def test_turn_examples_observe_only_what_the_assistant_sees(sessions):
         assert e["words"] == t["asr"].split()  # the recognizer's words, never the spoken ones
         assert e["failure"] == t["failure"]
         assert all(np.isfinite(e["features"]))
+
+
+def test_balanced_failure_ce_weights_rare_classes():
+    from jaxslu.selflearn.dialogue import WordAssets
+    from jaxslu.selflearn.isolation import FailureIsolationTask
+    from jaxslu.config import load_config
+
+    cfg = load_config("configs/selflearn_isolation.py", "tiny")
+    task = FailureIsolationTask(cfg)
+    assets = WordAssets(["a"], list(S.FAILURES), [900, 0, 25, 50, 25, 0])
+    w = np.asarray(task.constants(None, assets)["class_weights"])
+    present = np.array([900, 0, 25, 50, 25, 0]) > 0
+    assert w[~present].tolist() == [0.0, 0.0]
+    assert w[present].mean() == pytest.approx(1.0)
+    assert w[2] / w[0] == pytest.approx(np.sqrt(900 / 25))  # square-root inverse frequency
+    logits = jnp.asarray(np.random.default_rng(3).normal(size=(4, 6)), jnp.float32)
+    label = jnp.asarray([0, 2, 3, 0])
+    val, _ = class_ce_value(logits, label, jnp.ones(4), jnp.asarray(w))
+    ce = _np_ce(np.asarray(logits), np.asarray(label))
+    cw = w[np.asarray(label)]
+    assert float(val) == pytest.approx(float(np.sum(ce * cw) / np.sum(cw)), rel=1e-5)

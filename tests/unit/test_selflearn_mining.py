@@ -339,3 +339,17 @@ def test_scales_to_20k_states():
     np.testing.assert_allclose(b.sum(axis=1), 1.0, atol=1e-10)
     rws = mine_rewrites(chain, min_count=2)
     assert rws and all(w.source.endswith("bad") and w.target.endswith("good") for w in rws)
+
+
+def test_request_state_drops_correction_cues():
+    from jaxslu.selflearn.mining import request_state
+
+    assert request_state({"asr": "no no i said play  imagine dragons"}) == "play imagine dragons"
+    assert request_state({"asr": "sorry i meant lights off"}) == "lights off"
+    assert request_state({"asr": "play no music"}) == "play no music"
+    assert request_state({"asr": "i said no"}) == "no"  # a cue-only turn keeps a word
+    sessions = [{"session": "a", "turns": [
+        {"t": 0.0, "directed": True, "asr": "play x", "signal": "rephrase"},
+        {"t": 5.0, "directed": True, "asr": "no i said play x", "signal": "none"}]}]
+    chain = mining.build_chain(sessions, state_fn=request_state)
+    assert chain.states == ["play x"]  # the correction is the same state as the request
