@@ -13,4 +13,4 @@ isolation.
   rewriting.py   online rewriting: index, exact top-k, ranker, global + personal layers
   pipeline.py    the `jaxslu selflearn` stages
 """
-from jaxslu.selflearn import data, isolation, rephrase  # noqa: F401
+from jaxslu.selflearn import data, isolation, rephrase, retrieval  # noqa: F401

@@ -128,3 +128,47 @@ def mine(log_dir: str | Path, *, max_gap: float = 45.0, min_count: int = 3, max_
         M.write_rewrites(out, rewrites)
     result["examples"] = [dataclasses.asdict(r) for r in rewrites[:20]]
     return result
+
+
+def rewrite(log_dir: str | Path, workdir: str | Path, *, variant: str | None = None,
+            overrides: Sequence[str] = (), max_fit_turns: int = 20000,
+            latency_queries: int = 200) -> dict[str, Any]:
+    """Online rewriting on a log: (failed request, satisfied rephrase) pairs of the train days
+    train the dual-encoder retriever (configs/selflearn_rewrite.py, core trainer); the train
+    days' successful requests make the global and personal indexes; the rankers are fitted on
+    the train days' first turns and the defect reduction measured on the held-out days' first
+    turns, global then global + personal; then CPU latency."""
+    from jaxslu.config import load_config
+    from jaxslu.eval import evaluate_workdir
+    from jaxslu.eval.run import LoadedRun
+    from jaxslu.selflearn import retrieval, rewriting
+    from jaxslu.train.loop import train as train_run
+
+    root = Path(__file__).resolve().parents[2]
+    workdir = Path(workdir)
+    sessions = S.read_sessions(log_dir)
+    train = [s for s in sessions if s["split"] == "train"]
+    heldout = [s for s in sessions if s["split"] == "heldout"]
+    counts = retrieval.write_pairs(retrieval.pairs_from_sessions(sessions), workdir / "pairs")
+    cfg = load_config(root / "configs" / "selflearn_rewrite.py", variant,
+                      [f"data.options.path={workdir / 'pairs'}"] + list(overrides))
+    train_run(cfg, workdir / "retriever", progress=False)
+    retrieval_report = evaluate_workdir(workdir / "retriever")
+    run = LoadedRun.from_workdir(workdir / "retriever")
+    judge = load_judge(log_dir)
+    fit_turns, test_turns = first_turns(train), first_turns(heldout)
+    report = rewriting.experiment(train, fit_turns, test_turns, run, judge,
+                                  max_fit_turns=max_fit_turns, latency_queries=latency_queries)
+    g, gp = report["global"], report.get("global_personal")
+    lat = report.get("latency", {})
+    return {
+        "pairs": counts,
+        "retrieval": {k: v for split in retrieval_report.values() for k, v in split.items()
+                      if k.startswith("recall")},
+        "defect_reduction_global": g["defect_reduction"],
+        "defect_reduction_global_personal": gp["defect_reduction"] if gp else None,
+        "personal_extra_reduction": report.get("personal_extra_reduction"),
+        "p50_ms": lat.get("total_p50_ms"), "p99_ms": lat.get("total_p99_ms"),
+        "global": g, "global_personal": gp,
+        "latency": {**lat, "build_s": report["index"]["build_seconds"]},
+        "index": report["index"], "fit": report["fit"]}
