@@ -68,13 +68,13 @@ def tables() -> str:
     if rw:
         r = rw["result"]
         lines += ["### Online rewriting (held-out days, first turns)", "",
-                  "| layer | defects before % | defects after % | relative reduction % | "
-                  "rewritten | wins | losses |", "|---|---|---|---|---|---|---|"]
+                  "| layer | turns | defects before | defects after | relative reduction % | "
+                  "rewritten | wins | losses |", "|---|---|---|---|---|---|---|---|"]
         for name, key in (("global", "global"), ("global + personal", "global_personal")):
             e = r.get(key) or {}
             if e:
-                lines.append(f"| {name} | {pct(e['defects_before'])} | "
-                             f"{pct(e['defects_after'])} | {pct(e['defect_reduction'])} | "
+                lines.append(f"| {name} | {e['turns']:,} | {e['defects_before']:,} | "
+                             f"{e['defects_after']:,} | {pct(e['defect_reduction'])} | "
                              f"{e['rewritten']:,} | {e['wins']:,} | {e['losses']:,} |")
         lat = r.get("latency", {})
         if lat:
