@@ -13,21 +13,12 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import os
 from pathlib import Path
 from typing import Any, Sequence
 
 from jaxslu.selflearn import simulator as S
 
 log = logging.getLogger("jaxslu")
-
-
-def _write_jsonl(path: Path, rows) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        for r in rows:
-            f.write(json.dumps(r, separators=(",", ":")) + "\n")
-    os.replace(tmp, path)
 
 
 def simulate_log(out: str | Path, system: S.System | None = None, *, system_workdir: str = "",
@@ -49,7 +40,7 @@ def simulate_log(out: str | Path, system: S.System | None = None, *, system_work
     sessions = list(S.simulate(cfg, system, confusions=table, interpreter=interpreter,
                                progress=log.info))
     S.write_sessions(out / "sessions.jsonl.gz", sessions)
-    _write_jsonl(out / "interpretations.jsonl",
+    S.write_jsonl(out / "interpretations.jsonl",
                  ({"text": t, **r} for t, r in sorted(interpreter.cache.items())))
     stats = S.log_stats(sessions)
     meta = {"config": dataclasses.asdict(cfg), "system_workdir": system_workdir,

@@ -229,14 +229,14 @@ class RephraseEvaluator:
 
         def fn(model, batch):
             out = model(batch, train=False)
-            return {**out, "segments": batch["segments"], "length": batch["length"]}
+            return {**out, "segments": batch["segments"], "length": batch["length"],
+                    "start": batch["start"], "end": batch["end"]}
 
         self._fn = fn
 
     def evaluate(self, split: str):
         run = self.run
         source = run.task.open_source(split)
-        prepare = run.task.prepare_fn(source, run.assets, train=False)
         records = []
         for batch in run.eval_batches(source):
             out, index, weight = run.apply(self._fn, batch)
@@ -246,8 +246,7 @@ class RephraseEvaluator:
                                  run.task.max_span, self.threshold)
             for b, span in zip(rows, spans):
                 ex = source.metadata(int(index[b]))
-                enc = prepare(int(index[b]))
-                true = (int(enc["start"]), int(enc["end"]))
+                true = (int(out["start"][b]), int(out["end"][b]))
                 records.append({"id": ex["id"], "has_rephrase": bool(ex["has_rephrase"]),
                                 "detected": span != (0, 0), "pred": list(span),
                                 "true": list(true), "failure": ex["failure"],

@@ -544,18 +544,22 @@ def _open(path: Path, mode: str):
         open(path, mode, encoding="utf-8")
 
 
-def write_sessions(path: str | Path, sessions: Iterable[dict]) -> int:
-    """Writes the sessions (one JSON per line), atomically: a temporary file, then a rename."""
+def write_jsonl(path: str | Path, rows: Iterable[dict]) -> int:
+    """Writes dicts one JSON per line (gzip for .gz), atomically: a temporary file, then a
+    rename; returns the count."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp" + (".gz" if path.suffix == ".gz" else ""))
     n = 0
     with _open(tmp, "w") as f:
-        for s in sessions:
+        for s in rows:
             f.write(json.dumps(s, separators=(",", ":")) + "\n")
             n += 1
     os.replace(tmp, path)
     return n
+
+
+write_sessions = write_jsonl  # a session log is one session per line
 
 
 _TURN_FIELDS = ("t", "directed", "intended", "spoken", "asr", "asr_conf", "nlu", "failure",
