@@ -6,8 +6,10 @@
     jaxslu transcribe --workdir runs/fsdd a.wav b.flac
     jaxslu nlu --workdir runs/nlu [FILE]          label text, one utterance per line
     jaxslu synth-slurp --out DIR                  render the spoken SLURP corpus
+    jaxslu fisher --workdir W                     diagonal Fisher of a run (for the ewc term)
     jaxslu simulate-log --out FILE                the simulated assistant interaction log
     jaxslu selflearn simulate|mine|rephrase|isolate|rewrite ...   self-learning from interactions
+    jaxslu cohorts --workdir runs/slurp --split test --method geo|embedding   fairness cohorts
 """
 from __future__ import annotations
 
@@ -165,8 +167,19 @@ def cmd_demo(args) -> int:
 def cmd_synth_slurp(args) -> int:
     from jaxslu.audio.corpus import build_spoken_slurp
     manifest = build_spoken_slurp(args.out, num_speakers=args.speakers,
-                                  utterances=args.utterances, seed=args.seed)
+                                  utterances=args.utterances, seed=args.seed,
+                                  speakers_per_sentence=args.speakers_per_sentence)
     print(manifest)
+    return 0
+
+
+def cmd_fisher(args) -> int:
+    """The empirical diagonal Fisher of a trained run (the `ewc` term's weights)."""
+    from jaxslu.fairness.ewc import fisher_diagonal
+
+    path = fisher_diagonal(args.workdir, split=args.split, max_examples=args.examples,
+                           out=args.out)
+    print(path)
     return 0
 
 
@@ -224,6 +237,25 @@ def cmd_selflearn(args) -> int:
     raise ValueError(f"unknown selflearn stage {args.stage!r}")
 
 
+def cmd_cohorts(args) -> int:
+    """Cohorts of speakers ranked by WER from a run's per-example records (jaxslu/fairness)."""
+    import shlex
+
+    from jaxslu.fairness.cohorts import cohorts_report, format_table
+    from jaxslu.provenance import git_state
+
+    extra = None
+    if args.out:  # a results file says what wrote it
+        extra = {"command": shlex.join(["jaxslu", *args.argv]), **git_state()}
+    entry = cohorts_report(args.workdir, args.split, args.method, min_size=args.min_size,
+                           k=args.k, embeddings=args.embeddings, max_depth=args.max_depth,
+                           seed=args.seed, n_boot=args.bootstrap, out=args.out,
+                           overrides=args.overrides, extra=extra)
+    print(format_table(entry))
+    print(entry["files"].get("out_json", entry["files"]["json"]))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="jaxslu", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -279,7 +311,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--speakers", type=int, default=16)
     p.add_argument("--utterances", type=int, default=None)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--speakers-per-sentence", type=int, default=1)
     p.set_defaults(func=cmd_synth_slurp)
+
+    p = sub.add_parser("fisher", help="the diagonal Fisher of a trained run on its training "
+                       "data (for the ewc loss term); writes WORKDIR/fisher.npz")
+    p.add_argument("--workdir", required=True)
+    p.add_argument("--split", default="", help="default: the run's training split")
+    p.add_argument("--examples", type=int, default=1000, help="examples averaged (first N)")
+    p.add_argument("--out", default=None, help="default: WORKDIR/fisher.npz")
+    p.set_defaults(func=cmd_fisher)
 
     p = sub.add_parser("simulate-log", help="write the simulated assistant interaction log "
                        "(JSONL) that the personalization configs read")
@@ -312,6 +353,27 @@ def build_parser() -> argparse.ArgumentParser:
         q.add_argument("--set", dest="overrides", action="append", default=[],
                        metavar="KEY=VALUE", help="override a config field (repeatable)")
     p.set_defaults(func=cmd_selflearn)
+
+    p = sub.add_parser("cohorts", help="fairness cohorts ranked by WER from predictions_<split>"
+                       ".jsonl: geographic splits or k-means over speaker embeddings")
+    p.add_argument("--workdir", required=True, help="an evaluated run (predictions_<split>.jsonl)")
+    p.add_argument("--split", default="test")
+    p.add_argument("--method", required=True, choices=("geo", "embedding"))
+    p.add_argument("--min-size", type=int, default=None,
+                   help="geo: fewest utterances per cohort (default 10%% of the split's)")
+    p.add_argument("--max-depth", type=int, default=3, help="geo: most nested splits")
+    p.add_argument("--k", type=int, default=None,
+                   help="embedding: number of clusters (default min(4, speakers))")
+    p.add_argument("--embeddings", default=None, metavar="FILE.npz",
+                   help="embedding: speaker vectors (speaker -> vector) instead of the run's "
+                   "pooled encoder states")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap replicates")
+    p.add_argument("--out", default=None, metavar="DIR",
+                   help="also merge the result into DIR/cohorts.json (e.g. results/fairness)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override data settings when loading the run's encoder")
+    p.set_defaults(func=cmd_cohorts)
     return parser
 
 

@@ -50,6 +50,11 @@ class DataConfig:
     num_threads: int = 2  # grain read threads per host
     prefetch: int = 2
     cache_dir: str = ""  # where synthesized corpora are cached; "" -> ~/.cache/jaxslu
+    # Oversampling (training only): {"key": <record field or meta key, e.g. "speaker", "accent">,
+    # "weights": {<value>: <weight>}, "default": 1.0}. Example i appears w_i times per pass of
+    # the training stream (fractions by seeded stochastic rounding, fixed for the run); weight 0
+    # drops an example. See jaxslu.data.pipeline.oversample_indices.
+    sample_weights: dict = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -12,7 +12,9 @@ Choices that were open:
   spans [start, end) of text.split(); an entity touching a glued clitic covers the whole word.
 - Speakers: `make_speakers(num_speakers, seed)` (voices cycle over the accents); sentence k is
   spoken by perm[k % num_speakers] for a seeded permutation perm (round robin, so speakers get
-  equal shares). Each utterance's SNR is uniform in `noise_snr_db` and its synthesis seed is
+  equal shares). With `speakers_per_sentence` s > 1, sentence k is spoken by the s speakers
+  perm[(k*s + j) % num_speakers], j < s (distinct, still equal shares): more audio per sentence
+  and per-speaker statistics on every split (the fairness cohorts need them). Each utterance's SNR is uniform in `noise_snr_db` and its synthesis seed is
   derived from (seed, slurp_id), so one utterance's audio does not depend on which others exist.
 - Split: "train"/"dev"/"test" = 80/10/10 by SHA-256(slurp_id) mod 10, independent of the speaker,
   so every accent appears in every split (given enough utterances).
@@ -138,7 +140,8 @@ def _snr_range(noise_snr_db) -> tuple[float, float] | None:
 def build_spoken_slurp(out_dir: str | os.PathLike, *, num_speakers: int = 16,
                        utterances: int | None = None, seed: int = 0, sample_rate: int = 16000,
                        noise_snr_db: float | tuple[float, float] | None = (20, 40),
-                       source: str | os.PathLike | None = None, verbose: bool = True) -> Path:
+                       source: str | os.PathLike | None = None, verbose: bool = True,
+                       speakers_per_sentence: int = 1) -> Path:
     """Render SLURP devel sentences to FLAC with synthetic speakers; returns out_dir/manifest.jsonl.
 
     utterances: the first N sentences of the file (None = all). noise_snr_db: None (clean), a
@@ -149,6 +152,10 @@ def build_spoken_slurp(out_dir: str | os.PathLike, *, num_speakers: int = 16,
     """
     if isinstance(num_speakers, bool) or not isinstance(num_speakers, int) or num_speakers < 1:
         raise ValueError(f"num_speakers must be a positive int, got {num_speakers!r}")
+    if (isinstance(speakers_per_sentence, bool) or not isinstance(speakers_per_sentence, int)
+            or not 1 <= speakers_per_sentence <= num_speakers):
+        raise ValueError(f"speakers_per_sentence must be an int in [1, num_speakers="
+                         f"{num_speakers}], got {speakers_per_sentence!r}")
     if utterances is not None and (isinstance(utterances, bool) or not isinstance(utterances, int)
                                    or utterances < 1):
         raise ValueError(f"utterances must be None (all) or a positive int, got {utterances!r}")
@@ -167,31 +174,32 @@ def build_spoken_slurp(out_dir: str | os.PathLike, *, num_speakers: int = 16,
     lines, rendered, t0 = [], 0, time.perf_counter()
     step = max(1, len(records) // 10)
     for k, r in enumerate(records):
-        spk: Speaker = speakers[int(perm[k % num_speakers])]
-        rng = np.random.default_rng([seed, r["slurp_id"]])
-        utt_seed = int(rng.integers(2**31 - 1))
-        utt_snr = None if snr is None else round(float(rng.uniform(*snr)), 2)
-        params = dict(text=r["text"], voice=spk.voice, rate=spk.rate, pitch=spk.pitch,
-                      noise_snr_db=utt_snr, seed=utt_seed, sample_rate=sample_rate)
-        digest = hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:10]
-        uid = f"slurp{r['slurp_id']}-{spk.id}"
-        rel = f"audio/{uid}-{digest}.flac"
-        path = out / rel
-        if path.is_file():
-            num_samples = sf.info(str(path)).frames
-        else:
-            x = synthesize(**params)
-            write_flac(path, x, sample_rate)
-            num_samples, rendered = int(x.shape[0]), rendered + 1
-        lines.append(json.dumps({
-            "id": uid, "path": rel, "text": r["text"], "scenario": r["scenario"],
-            "action": r["action"], "intent": r["intent"], "entities": r["entities"],
-            "speaker": spk.id, "accent": spk.accent, "lat": spk.lat, "lon": spk.lon,
-            "split": split_of(r["slurp_id"]), "slurp_id": r["slurp_id"],
-            "num_samples": int(num_samples)}))
+        for j in range(speakers_per_sentence):
+            spk: Speaker = speakers[int(perm[(k * speakers_per_sentence + j) % num_speakers])]
+            rng = np.random.default_rng([seed, r["slurp_id"]] + ([j] if j else []))
+            utt_seed = int(rng.integers(2**31 - 1))
+            utt_snr = None if snr is None else round(float(rng.uniform(*snr)), 2)
+            params = dict(text=r["text"], voice=spk.voice, rate=spk.rate, pitch=spk.pitch,
+                          noise_snr_db=utt_snr, seed=utt_seed, sample_rate=sample_rate)
+            digest = hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:10]
+            uid = f"slurp{r['slurp_id']}-{spk.id}"
+            rel = f"audio/{uid}-{digest}.flac"
+            path = out / rel
+            if path.is_file():
+                num_samples = sf.info(str(path)).frames
+            else:
+                x = synthesize(**params)
+                write_flac(path, x, sample_rate)
+                num_samples, rendered = int(x.shape[0]), rendered + 1
+            lines.append(json.dumps({
+                "id": uid, "path": rel, "text": r["text"], "scenario": r["scenario"],
+                "action": r["action"], "intent": r["intent"], "entities": r["entities"],
+                "speaker": spk.id, "accent": spk.accent, "lat": spk.lat, "lon": spk.lon,
+                "split": split_of(r["slurp_id"]), "slurp_id": r["slurp_id"],
+                "num_samples": int(num_samples)}))
         if verbose and ((k + 1) % step == 0 or k + 1 == len(records)):
             dt = time.perf_counter() - t0
-            print(f"spoken-slurp: {k + 1}/{len(records)} utterances ({rendered} rendered, "
+            print(f"spoken-slurp: {k + 1}/{len(records)} sentences ({rendered} rendered, "
                   f"{rendered / max(dt, 1e-9):.1f}/s)", flush=True)
     manifest = out / "manifest.jsonl"
     _atomic_write_text(manifest, "\n".join(lines) + "\n")

@@ -167,6 +167,9 @@ class Batches:
                                           process_count))
         self.num_batches = max(1, math.ceil(self.shard_size / self.local_batch_size))
         ds = grain.MapDataset.range(n)
+        if train and data_cfg.sample_weights:
+            order = oversample_indices(source, data_cfg.sample_weights, seed)
+            ds = grain.MapDataset.source(order)
         if train:
             ds = ds.shuffle(seed=seed).repeat(None, reseed_each_epoch=True)
         ds = _BlockShard(ds, self.local_batch_size, process_index, process_count)
@@ -189,6 +192,47 @@ class Batches:
     def skipped(self) -> int:
         """Examples skipped so far by the most recent iterator."""
         return self._last.skipped if self._last is not None else 0
+
+
+def _field(meta: dict[str, Any], key: str) -> Any:
+    if key in meta:
+        return meta[key]
+    return (meta.get("meta") or {}).get(key)
+
+
+def oversample_indices(source: Any, spec: dict[str, Any], seed: int) -> list[int]:
+    """The training stream's index list under `data.sample_weights` (see DataConfig).
+
+    spec = {"key": field, "weights": {value: w >= 0}, "default": w for other values (1.0)}.
+    Example i (value v of `key` in `source.metadata(i)`, or in its "meta") appears floor(w) times
+    plus once more with probability frac(w), drawn once from `seed`: deterministic, and resumable
+    because the list is fixed for the run (the iterator's position indexes it). Indices are in
+    source order, each repeated in place; the training stream shuffles them.
+    """
+    unknown = set(spec) - {"key", "weights", "default"}
+    if unknown or "key" not in spec or not isinstance(spec.get("weights", {}), dict):
+        raise ValueError(f"data.sample_weights={spec!r}: give {{'key': <field>, 'weights': "
+                         f"{{value: weight}}, 'default': 1.0}}; unknown keys {sorted(unknown)}")
+    key, weights = spec["key"], dict(spec.get("weights", {}))
+    default = float(spec.get("default", 1.0))
+    for v, w in list(weights.items()) + [("default", default)]:
+        if not (isinstance(w, (int, float)) and math.isfinite(w) and w >= 0):
+            raise ValueError(f"data.sample_weights: weight {w!r} for {v!r} must be a finite "
+                             "number >= 0")
+    n = len(source)
+    values = [_field(source.metadata(i), key) for i in range(n)]
+    if all(v is None for v in values):
+        raise ValueError(f"data.sample_weights key {key!r} is in no example of {source!r}; use "
+                         "a field of the records (e.g. 'speaker') or of their meta (e.g. 'accent')")
+    w = np.asarray([float(weights.get(str(v), weights.get(v, default))) for v in values])
+    u = np.random.default_rng([int(seed), 0x5A3]).random(n)
+    counts = np.floor(w).astype(np.int64) + (u < w - np.floor(w))
+    order = np.repeat(np.arange(n), counts).tolist()
+    if not order:
+        raise ValueError(f"data.sample_weights={spec!r} gives every example of {source!r} weight "
+                         "0; nothing is left to train on")
+    log.info("oversampling by %r: %d examples -> %d per pass", key, n, len(order))
+    return order
 
 
 def make_batches(source: Any, *, prepare: Prepare, collate: Collate, data_cfg: DataConfig,

@@ -352,28 +352,33 @@ SPOKEN_SLURP_MANIFEST = "manifest.jsonl"
 
 
 def spoken_slurp_dir(num_speakers: int, utterances: int | None, seed: int,
-                     cache_dir: str = "") -> Path:
+                     cache_dir: str = "", speakers_per_sentence: int = 1) -> Path:
     """The cache folder for one parameter set: spoken_slurp-<hash of the parameters>."""
-    key = json.dumps({"num_speakers": num_speakers, "utterances": utterances, "seed": seed},
-                     sort_keys=True)
+    params = {"num_speakers": num_speakers, "utterances": utterances, "seed": seed}
+    if speakers_per_sentence != 1:  # corpora built before the option keep their folder
+        params["speakers_per_sentence"] = speakers_per_sentence
+    key = json.dumps(params, sort_keys=True)
     return paths.cache_dir(cache_dir) / f"spoken_slurp-{hashlib.sha1(key.encode()).hexdigest()[:12]}"
 
 
 @DATASETS.register("spoken_slurp")
 def spoken_slurp(split: str = "train", *, num_speakers: int = 16, utterances: int | None = None,
-                 seed: int = 0, cache_dir: str = "",
+                 seed: int = 0, cache_dir: str = "", speakers_per_sentence: int = 1,
                  build: Callable[..., Any] | None = None) -> ExampleSource:
-    """SLURP text spoken by synthetic speakers (speaker, accent, lat, lon in meta).
+    """SLURP text spoken by synthetic speakers (speaker, accent, lat, lon in meta);
+    `speakers_per_sentence` > 1 has each sentence spoken by that many speakers.
 
     Built once per parameter set with `jaxslu.audio.corpus.build_spoken_slurp` (or `build`, same
     signature) into cache_dir/spoken_slurp-<hash>; later calls only read its manifest.
     """
-    out = spoken_slurp_dir(num_speakers, utterances, seed, cache_dir)
+    out = spoken_slurp_dir(num_speakers, utterances, seed, cache_dir, speakers_per_sentence)
     manifest_path = out / SPOKEN_SLURP_MANIFEST
     if not manifest_path.is_file():
         if build is None:
             from jaxslu.audio.corpus import build_spoken_slurp as build
         log.info("building spoken SLURP (%d speakers) into %s", num_speakers, out)
+        extra = {} if speakers_per_sentence == 1 else {
+            "speakers_per_sentence": speakers_per_sentence}
         manifest_path = Path(build(out, num_speakers=num_speakers, utterances=utterances,
-                                   seed=seed))
+                                   seed=seed, **extra))
     return ExampleSource("spoken_slurp", split, read_manifest(manifest_path, split))

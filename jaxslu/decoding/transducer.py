@@ -204,7 +204,8 @@ def beam_search(model: Transducer, audio: jax.Array, audio_lengths: jax.Array, *
 def decode_with_slu(model: Transducer, batch: Mapping[str, jax.Array] | jax.Array,
                     audio_lengths: jax.Array | None = None, *, method: str = "greedy",
                     max_symbols_per_frame: int = 3, beam_size: int = 4,
-                    max_len: int | None = None) -> dict[str, jax.Array]:
+                    max_len: int | None = None,
+                    cohort: jax.Array | None = None) -> dict[str, jax.Array]:
     """Decode a batch and run the SLU heads on the hypotheses, for evaluation.
 
     `batch` is a batch dict (audio, audio_lengths) or the audio array [B, N] itself with
@@ -213,7 +214,8 @@ def decode_with_slu(model: Transducer, batch: Mapping[str, jax.Array] | jax.Arra
     Returns tokens [B, L] (0-padded), lengths [B], scores [B] (beam only), and when the model has
     the heads: intent [B] (argmax), intent_prob [B] (its softmax probability), intent_logits, and
     slot_tags [B, L] (argmax per hypothesis token, -1 past the hypothesis length). The encoder runs
-    once and feeds decoding and both heads.
+    once and feeds decoding and both heads. `cohort` [B] (or the batch's "cohort"): the rows'
+    cohorts, for a model that reads them (model.num_cohorts > 0).
     """
     if method not in ("greedy", "beam"):
         raise ValueError(f"decode method {method!r}: use 'greedy' or 'beam'")
@@ -222,13 +224,15 @@ def decode_with_slu(model: Transducer, batch: Mapping[str, jax.Array] | jax.Arra
             raise ValueError("pass audio_lengths inside the batch dict or with a bare audio "
                              "array, not both")
         audio, audio_lengths = batch["audio"], batch["audio_lengths"]
+        cohort = batch.get("cohort", cohort)
     else:
         if audio_lengths is None:
             raise ValueError("decode_with_slu(model, audio, audio_lengths): audio_lengths is "
                              "required when audio is passed as an array")
         audio = batch
     _check_inputs(audio, audio_lengths)
-    enc, enc_lengths = model.encode(audio, audio_lengths)
+    extra = {} if cohort is None else {"cohort": cohort}
+    enc, enc_lengths = model.encode(audio, audio_lengths, **extra)
     out: dict[str, jax.Array] = {}
     if method == "greedy":
         out["tokens"], out["lengths"] = greedy_from_encoder(

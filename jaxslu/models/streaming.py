@@ -120,6 +120,9 @@ class StreamingTransducer(Transducer):
         if not isinstance(enc, StreamingEncoderConfig):
             raise TypeError(f"model.encoder is a {type(enc).__name__}; the streaming transducer "
                             "takes a StreamingEncoderConfig (jaxslu.models.streaming)")
+        if cfg.num_cohorts:
+            raise ValueError("model.num_cohorts > 0 is not supported by the streaming transducer "
+                             "(its chunked encoder has no cohort input); use model 'transducer'")
         placeholder = EncoderConfig(kind="lstm", num_layers=1, dim=enc.dim, dropout=enc.dropout,
                                     causal=True, subsampling=enc.subsampling,
                                     subsampling_channels=enc.subsampling_channels, lstm_hidden=1)

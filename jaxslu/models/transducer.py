@@ -96,11 +96,17 @@ class TransducerConfig:
     ctc_head: bool = False
     intent_head: bool = False
     slot_head: bool = False
+    # Cohort membership as an input (fairness): a learned embedding per cohort, zero-initialized
+    # (so a warm-started model starts as its base), added to the encoder input after
+    # subsampling. The batch carries `cohort` int32 [B] (-1: no cohort, no embedding added).
+    num_cohorts: int = 0
 
     def __post_init__(self):
         activation(self.joint_activation)  # raises on an unknown name
         if self.joint_dim < 1:
             raise ValueError(f"model.joint_dim={self.joint_dim} must be positive")
+        if self.num_cohorts < 0:
+            raise ValueError(f"model.num_cohorts={self.num_cohorts} must be >= 0")
 
 
 class ConformerEncoder(nnx.Module):
@@ -201,6 +207,8 @@ class Transducer(nnx.Module):
                     else None)
         self.intent = IntentHead(J, num_intents, rngs=rngs) if cfg.intent_head else None
         self.slots = SlotHead(J, num_slot_tags, rngs=rngs) if cfg.slot_head else None
+        self.cohort_embed = (Embed(cfg.num_cohorts, enc.dim, rngs=rngs, axes=(None, "embed"),
+                                   stddev=0.0) if cfg.num_cohorts else None)
 
     # ---- lengths -----------------------------------------------------------------------------
 
@@ -223,20 +231,36 @@ class Transducer(nnx.Module):
             feats = spec_augment(stream_key(rngs, "augment"), feats, lengths, self.frontend_cfg)
         return feats, lengths
 
+    def cohort_input(self, x: jax.Array, cohort: jax.Array | None) -> jax.Array:
+        """x [B, T, D] plus the cohort embedding of each row (none for cohort -1)."""
+        if self.cohort_embed is None:
+            return x
+        if cohort is None:
+            raise ValueError(f"model.num_cohorts={self.cfg.num_cohorts}: this model reads the "
+                             "cohort of each utterance; the batch needs `cohort` (int32 [B], set "
+                             "by the task option cohort_input)")
+        cohort = jnp.asarray(cohort, jnp.int32)
+        e = self.cohort_embed(jnp.clip(cohort, 0, self.cfg.num_cohorts - 1))
+        return x + jnp.where((cohort >= 0)[:, None], e, 0.0)[:, None, :].astype(x.dtype)
+
     def encode_features(self, feats: jax.Array, frame_lengths: jax.Array, *, train: bool = False,
-                        rngs: nnx.Rngs | None = None) -> tuple[jax.Array, jax.Array]:
+                        rngs: nnx.Rngs | None = None,
+                        cohort: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
         """Features [B, F, M] -> (encoder output projected to J [B, T, J], lengths [B])."""
         x, lengths = self.subsampling(feats, frame_lengths)
+        x = self.cohort_input(x, cohort)
         x = dropout(x, self.cfg.encoder.dropout, train=train, rngs=rngs)
         x = self.encoder(x, lengths, train=train, rngs=rngs)
         enc = self.encoder_proj(x)
         return jnp.where(length_mask(lengths, enc.shape[1])[..., None], enc, 0.0), lengths
 
     def encode(self, audio: jax.Array, audio_lengths: jax.Array, *, train: bool = False,
-               rngs: nnx.Rngs | None = None) -> tuple[jax.Array, jax.Array]:
-        """Audio [B, N] -> (encoder output [B, T, J], zero at padded frames; lengths int32 [B])."""
+               rngs: nnx.Rngs | None = None,
+               cohort: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
+        """Audio [B, N] -> (encoder output [B, T, J], zero at padded frames; lengths int32 [B]).
+        `cohort` [B]: the rows' cohorts, for a model with model.num_cohorts > 0."""
         feats, lengths = self.features(audio, audio_lengths, train=train, rngs=rngs)
-        return self.encode_features(feats, lengths, train=train, rngs=rngs)
+        return self.encode_features(feats, lengths, train=train, rngs=rngs, cohort=cohort)
 
     # ---- label side and joint ----------------------------------------------------------------
 
@@ -287,7 +311,7 @@ class Transducer(nnx.Module):
             raise KeyError(f"batch is missing {missing}; a transducer batch needs audio, "
                            "audio_lengths, tokens and token_lengths (see jaxslu.data.batch)")
         enc, enc_lengths = self.encode(batch["audio"], batch["audio_lengths"], train=train,
-                                       rngs=rngs)
+                                       rngs=rngs, cohort=batch.get("cohort"))
         pred = self.predict(batch["tokens"], batch["token_lengths"], train=train, rngs=rngs)
         out: dict[str, Any] = {
             "encoder": enc, "encoder_lengths": enc_lengths.astype(jnp.int32), "predictor": pred,

@@ -41,7 +41,8 @@ def _decode(model, batch, *, method, beam_size, max_symbols_per_frame):
     from jaxslu.decoding import decode_with_slu
 
     return decode_with_slu(model, batch["audio"], batch["audio_lengths"], method=method,
-                           beam_size=beam_size, max_symbols_per_frame=max_symbols_per_frame)
+                           beam_size=beam_size, max_symbols_per_frame=max_symbols_per_frame,
+                           cohort=batch.get("cohort"))
 
 
 class TransducerDecoder:

@@ -11,6 +11,8 @@ import dataclasses
 from pathlib import Path
 from typing import Any, Sequence
 
+import numpy as np
+
 from jaxslu.data.labels import Vocabularies
 from jaxslu.registry import TASKS
 from jaxslu.slu.batching import AudioPreparer, audio_buckets, collate_audio
@@ -60,6 +62,49 @@ def label_capacity_fn(cfg, model, objective_names: Sequence[str]):
     return lambda n: frames(n) * per_frame
 
 
+class CohortOf:
+    """Task option `cohort_input`: which cohort an utterance belongs to, from its metadata.
+
+    {"regions": [[lat_lo, lat_hi, lon_lo, lon_hi], ...]}: the first region holding the speaker's
+    (lat, lon) (half-open intervals; the boxes `jaxslu cohorts --method geo` finds), or
+    {"key": <record field or meta key>, "values": {<value>: <cohort index>}}.
+    An utterance in no cohort gets -1 (the model adds no cohort embedding to it).
+    """
+
+    def __init__(self, spec: dict[str, Any]):
+        spec = dict(spec)
+        if "regions" in spec:
+            regions = [tuple(float(v) for v in r) for r in spec["regions"]]
+            if not regions or any(len(r) != 4 or r[0] >= r[1] or r[2] >= r[3] for r in regions):
+                raise ValueError("task_options.cohort_input.regions must be a non-empty list of "
+                                 "[lat_lo, lat_hi, lon_lo, lon_hi] boxes with lo < hi, got "
+                                 f"{spec['regions']!r}")
+            self.regions, self.key, self.values = regions, None, None
+            self.size = len(regions)
+        elif "key" in spec and isinstance(spec.get("values"), dict):
+            self.regions, self.key = None, str(spec["key"])
+            self.values = {str(k): int(v) for k, v in spec["values"].items()}
+            self.size = max(self.values.values(), default=-1) + 1
+        else:
+            raise ValueError("task_options.cohort_input must be {'regions': [[lat_lo, lat_hi, "
+                             "lon_lo, lon_hi], ...]} or {'key': <field>, 'values': {value: "
+                             f"index}}}}, got {spec!r}")
+
+    def __call__(self, meta: dict[str, Any]) -> int:
+        inner = meta.get("meta") or {}
+        if self.regions is not None:
+            lat, lon = inner.get("lat", meta.get("lat")), inner.get("lon", meta.get("lon"))
+            if lat is None or lon is None:
+                raise ValueError(f"example {meta.get('id')!r} has no lat/lon in its metadata; "
+                                 "cohort_input regions need the speakers' coordinates")
+            for k, (a, b, c, d) in enumerate(self.regions):
+                if a <= float(lat) < b and c <= float(lon) < d:
+                    return k
+            return -1
+        value = meta.get(self.key, inner.get(self.key))
+        return self.values.get(str(value), -1)
+
+
 @TASKS.register("transducer_slu")
 class TransducerSLUTask(Task):
     default_evaluator = "transducer_slu"
@@ -92,16 +137,37 @@ class TransducerSLUTask(Task):
         return transducer_model_kwargs(self.cfg, assets.tokenizer.vocab_size,
                                        len(assets.vocab.intents), len(assets.vocab.tags))
 
+    @property
+    def cohort_of(self) -> CohortOf | None:
+        spec = self.options.get("cohort_input")
+        return CohortOf(spec) if spec else None
+
     def check(self, model, objective) -> None:
         check_joint_activation(self.cfg)
+        cohorts = self.cohort_of
+        wanted = getattr(self.cfg.model, "num_cohorts", 0)
+        if (cohorts.size if cohorts else 0) != wanted:
+            raise ValueError(f"model.num_cohorts={wanted} but task_options.cohort_input defines "
+                             f"{cohorts.size if cohorts else 0} cohorts; set both together")
 
     def prepare_fn(self, source, assets: RunAssets, *, train: bool, model=None, objective=None):
         frames = None
         if train and model is not None:
             names = objective.names if objective is not None else ()
             frames = label_capacity_fn(self.cfg, model, names)
-        return AudioPreparer(source, assets.tokenizer, assets.vocab, self.cfg.data,
-                             self.cfg.frontend.sample_rate, frames)
+        prepare = AudioPreparer(source, assets.tokenizer, assets.vocab, self.cfg.data,
+                                self.cfg.frontend.sample_rate, frames)
+        cohort_of = self.cohort_of
+        if cohort_of is None:
+            return prepare
+
+        def with_cohort(index):
+            row = prepare(index)
+            if isinstance(row, dict):
+                row["cohort"] = cohort_of(source.metadata(int(index)))
+            return row
+
+        return with_cohort
 
     def pad_values(self):
         from jaxslu.data.batch import BLANK_ID, IGNORE_TAG
@@ -109,5 +175,9 @@ class TransducerSLUTask(Task):
 
     def collate(self, rows, batch_size: int):
         data = self.cfg.data
-        return collate_audio(rows, batch_size, audio_buckets(data, self.cfg.frontend.sample_rate),
-                             sorted(set(data.label_buckets)))
+        out = collate_audio(rows, batch_size, audio_buckets(data, self.cfg.frontend.sample_rate),
+                            sorted(set(data.label_buckets)))
+        if self.options.get("cohort_input"):
+            out["cohort"] = np.full((batch_size,), -1, np.int32)
+            out["cohort"][: len(rows)] = [int(r["cohort"]) for r in rows]
+        return out
