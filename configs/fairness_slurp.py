@@ -21,7 +21,7 @@ from pathlib import Path
 
 from jaxslu.config import ExperimentConfig, TrainConfig, load_config
 
-FINETUNE_STEPS = 60
+FINETUNE_STEPS = 30
 
 
 def get_config(variant: str = "default") -> ExperimentConfig:
@@ -55,7 +55,7 @@ def get_config(variant: str = "default") -> ExperimentConfig:
     if variant in ("default", "tiny"):
         return cfg
     tune = dataclasses.replace(cfg.optim, learning_rate=3e-4, warmup_steps=10)
-    steps = TrainConfig(steps=FINETUNE_STEPS, log_every=10, checkpoint_every=30)
+    steps = TrainConfig(steps=FINETUNE_STEPS, log_every=5, checkpoint_every=15)
     # One (audio, label) bucket: each fine-tuning compiles its step once (the padding costs
     # less than the extra compilations on a CPU).
     one = dataclasses.replace(cfg.data, bucket_seconds=(8.0,), label_buckets=(96,))

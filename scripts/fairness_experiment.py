@@ -208,6 +208,10 @@ def main(argv=None) -> int:
     from jaxslu.cli import _enable_compilation_cache
 
     _enable_compilation_cache()
+    import logging
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s",
+                        datefmt="%H:%M:%S")
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--runs", default=str(ROOT / "runs" / "fairness"))
     ap.add_argument("--stages", default=",".join(STAGES))

@@ -18,6 +18,15 @@ How the library is driven (choices that were open):
 - Voices are selected by their eSpeak file identifier (e.g. "gmw/en-GB-scotland"), and the
   voice actually loaded is checked against it: `espeak_SetVoiceByName("en-gb")` for instance
   fails and leaves the previous voice in place, which would silently give the wrong accent.
+- Voice variants (`variant="f3"`, the `espeak-ng-data/voices/!v` files m1..m7 and f1..f5 of
+  VARIANTS) select "<identifier>+<variant>": the variant changes the voice's pitch range,
+  formants, flutter and roughness (and so its gender) while the accent (phonemes, rules) stays
+  the voice's. eSpeak falls back silently to the plain voice for an unknown variant, so the
+  loaded identifier must equal "<identifier>+<variant>" and the loaded voice's gender must be
+  the variant's (1 male, 2 female), else SynthesisError. The eSpeak base pitch (`pitch`) is a
+  position inside the variant's own pitch range, so a female variant stays higher than a male
+  one at any `pitch`. Without a variant, parameters and cache keys are those of earlier
+  versions (the key holds `variant` only when one is given).
 - Audio comes out as int16 at the library's rate (22050 Hz), is scaled by 1/32768 and resampled
   (jaxslu.audio.io.resample) to `sample_rate`.
 - Noise: white Gaussian noise (numpy default_rng(seed)) scaled so that the ratio of the clean
@@ -46,8 +55,8 @@ import numpy as np
 
 from jaxslu.audio.io import resample
 
-__all__ = ["VOICES", "ACCENT_REGIONS", "SynthesisError", "Speaker", "synthesize", "make_speakers",
-           "espeak_version", "check_voice"]
+__all__ = ["VOICES", "VARIANTS", "ACCENT_REGIONS", "SynthesisError", "Speaker", "synthesize",
+           "make_speakers", "espeak_version", "check_voice"]
 
 # voice key (lowercase BCP-47-like, as used in configs) -> eSpeak NG voice file identifier
 VOICES: dict[str, str] = {
@@ -60,6 +69,11 @@ VOICES: dict[str, str] = {
     "en-029": "gmw/en-029",
     "en-us-nyc": "gmw/en-US-nyc",
 }
+
+# eSpeak NG voice variants (espeak-ng-data/voices/!v/<name>) -> the gender their file declares.
+VARIANTS: dict[str, str] = {**{f"m{i}": "male" for i in range(1, 8)},
+                            **{f"f{i}": "female" for i in range(1, 6)}}
+_GENDER_CODE = {"male": 1, "female": 2}  # espeak_VOICE.gender
 
 
 @dataclasses.dataclass(frozen=True)
@@ -187,15 +201,21 @@ class _Session:
         self._unload()
 
 
-def _select_voice(lib: ctypes.CDLL, voice: str) -> None:
-    """Load `voice` (a VOICES key) and check eSpeak really switched to it."""
-    ident = VOICES[voice]
+def _select_voice(lib: ctypes.CDLL, voice: str, variant: str | None = None) -> None:
+    """Load `voice` (a VOICES key), with `variant` (a VARIANTS key) if given, and check eSpeak
+    really switched to it (identifier, and the variant's gender)."""
+    ident = VOICES[voice] if variant is None else f"{VOICES[voice]}+{variant}"
     rc = lib.espeak_SetVoiceByName(ident.encode())
     cur = lib.espeak_GetCurrentVoice()
     got = cur.contents.identifier.decode() if cur and cur.contents.identifier else None
+    what = f"voice {voice!r}" if variant is None else f"voice {voice!r} with variant {variant!r}"
     if rc != _EE_OK or got != ident:
-        raise SynthesisError(f"eSpeak NG could not load voice {voice!r} (file {ident!r}; error code "
+        raise SynthesisError(f"eSpeak NG could not load {what} (file {ident!r}; error code "
                              f"{rc}, current voice {got!r}); check the espeakng-loader install")
+    if variant is not None and cur.contents.gender != _GENDER_CODE[VARIANTS[variant]]:
+        raise SynthesisError(f"eSpeak NG loaded {what} with gender code {cur.contents.gender}, "
+                             f"not {VARIANTS[variant]} ({_GENDER_CODE[VARIANTS[variant]]}); check "
+                             "the espeakng-loader install's voices/!v files")
 
 
 def _check_voice_name(voice: str) -> None:
@@ -203,11 +223,19 @@ def _check_voice_name(voice: str) -> None:
         raise ValueError(f"unknown voice {voice!r}; choose one of {sorted(VOICES)}")
 
 
-def check_voice(voice: str) -> None:
-    """Load `voice` once; ValueError for an unknown name, SynthesisError if eSpeak cannot load it."""
+def _check_variant_name(variant: str | None) -> None:
+    if variant is not None and variant not in VARIANTS:
+        raise ValueError(f"unknown voice variant {variant!r}; choose one of {sorted(VARIANTS)} "
+                         "(male m1..m7, female f1..f5) or None for the voice's own")
+
+
+def check_voice(voice: str, variant: str | None = None) -> None:
+    """Load `voice` (with `variant`) once; ValueError for an unknown name, SynthesisError if
+    eSpeak cannot load it."""
     _check_voice_name(voice)
+    _check_variant_name(variant)
     with _LOCK, _Session() as session:
-        _select_voice(session.lib, voice)
+        _select_voice(session.lib, voice, variant)
 
 
 def espeak_version() -> str:
@@ -219,12 +247,13 @@ def espeak_version() -> str:
         return _state["version"]  # type: ignore[return-value]
 
 
-def _espeak(text: str, voice: str, rate: int, pitch: int, seed: int) -> tuple[np.ndarray, int]:
+def _espeak(text: str, voice: str, rate: int, pitch: int, seed: int,
+            variant: str | None = None) -> tuple[np.ndarray, int]:
     """Raw eSpeak output: (int16 samples, sample rate)."""
     data = text.encode("utf-8") + b"\0"
     with _LOCK, _Session() as session:
         lib = session.lib
-        _select_voice(lib, voice)
+        _select_voice(lib, voice, variant)
         lib.espeak_SetParameter(_PARAM_RATE, rate, 0)
         lib.espeak_SetParameter(_PARAM_PITCH, pitch, 0)
         lib.espeak_ng_SetRandSeed(seed)
@@ -262,10 +291,12 @@ def _cache_key(params: dict) -> str:
 
 def synthesize(text: str, *, voice: str = "en-us", rate: int = 175, pitch: int = 50,
                noise_snr_db: float | None = None, seed: int = 0, sample_rate: int = 16000,
-               cache_dir: str | os.PathLike | None = None) -> np.ndarray:
+               cache_dir: str | os.PathLike | None = None,
+               variant: str | None = None) -> np.ndarray:
     """Speak `text` with eSpeak NG; float32 mono in [-1, 1] at `sample_rate` Hz.
 
-    voice: a key of VOICES; rate: words per minute in [80, 450]; pitch: eSpeak base pitch in
+    voice: a key of VOICES; variant: None (the voice's own) or a key of VARIANTS (m1..m7 male,
+    f1..f5 female: pitch range, formants and gender of the speaker); rate: words per minute in [80, 450]; pitch: eSpeak base pitch in
     [0, 100]; noise_snr_db: if set, add white noise at this SNR (dB, over the whole clip); seed:
     seeds eSpeak's internal noise generator and the added noise; cache_dir: if set, results are
     cached there by a hash of all parameters. The output is a deterministic function of the
@@ -276,6 +307,7 @@ def synthesize(text: str, *, voice: str = "en-us", rate: int = 175, pitch: int =
     if "\0" in text:
         raise ValueError(f"synthesize: text must not contain NUL characters, got {text[:60]!r}")
     _check_voice_name(voice)
+    _check_variant_name(variant)
     rate = _check_int("rate", rate, *RATE_RANGE)
     pitch = _check_int("pitch", pitch, *PITCH_RANGE)
     seed = _check_int("seed", seed, 0, 2**31 - 1)
@@ -288,6 +320,8 @@ def synthesize(text: str, *, voice: str = "en-us", rate: int = 175, pitch: int =
 
     params = dict(text=text, voice=voice, rate=rate, pitch=pitch, noise_snr_db=noise_snr_db,
                   seed=seed, sample_rate=sample_rate)
+    if variant is not None:  # absent otherwise: earlier corpora keep their cache keys
+        params["variant"] = variant
     cache_path = None
     if cache_dir is not None:
         cache_path = Path(cache_dir) / f"{_cache_key(params)}.npy"
@@ -297,9 +331,10 @@ def synthesize(text: str, *, voice: str = "en-us", rate: int = 175, pitch: int =
             except (OSError, ValueError):
                 pass  # unreadable entry (e.g. disk trouble): re-synthesize and overwrite it
 
-    samples, sr = _espeak(text, voice, rate, pitch, seed)
+    samples, sr = _espeak(text, voice, rate, pitch, seed, variant)
     if samples.size == 0:
-        raise SynthesisError(f"eSpeak NG produced no audio for text {text[:60]!r} (voice {voice!r})")
+        raise SynthesisError(f"eSpeak NG produced no audio for text {text[:60]!r} (voice {voice!r}"
+                             + (f", variant {variant!r})" if variant else ")"))
     x = resample(samples.astype(np.float32) / 32768.0, sr, sample_rate)
     x = np.clip(x, -1.0, 1.0)  # the resampling filter can overshoot slightly
     if noise_snr_db is not None:

@@ -13,3 +13,4 @@ verification (docs/fairness.md).
   sv_metrics.py    EER and minDCF in numpy
 """
 from jaxslu.fairness import ewc  # noqa: F401
+from jaxslu.fairness import verification  # noqa: F401
