@@ -89,16 +89,18 @@ def mitigation_table(d: dict) -> list[str]:
 def sv_table(d: dict) -> list[str]:
     lines = ["| run | kind | EER % | minDCF 0.01 | minDCF 0.05 | gender EER gap | accent EER "
              "spread |", "|---|---|---|---|---|---|---|"]
-    for r in d["runs"]:
+    rows = list(d["runs"]) + [dict(r, name=f"{r['name']} (ablation)")
+                              for r in d.get("ablations", [])]
+    for r in rows:
         dcf = r.get("min_dcf") or {}
         gap = r.get("gender_gap")
         gap = gap.get("absolute") if isinstance(gap, dict) else gap
         spread = r.get("accent_spread")
-        spread = spread.get("absolute") if isinstance(spread, dict) else spread
+        spread = spread.get("max_minus_min") if isinstance(spread, dict) else spread
         lines.append(f"| {r['name']} | {r['kind']} | {pct(r['eer'], 2)} | "
                      f"{dcf.get('0.01', float('nan')):.3f} | {dcf.get('0.05', float('nan')):.3f} | "
                      f"{pct(gap, 2)} | {pct(spread, 2)} |")
-    for r in d["runs"]:
+    for r in rows:
         per = r.get("per_cohort") or {}
         for group, cohorts in per.items():
             if not isinstance(cohorts, dict):
