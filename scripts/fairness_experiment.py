@@ -57,7 +57,10 @@ def _train_eval(variant: str, workdir: Path, overrides, splits=("test",)) -> dic
         for s in splits if (workdir / f"report_{s}.json").is_file())
     if not done:
         evaluate_workdir(workdir, splits=list(splits))
-    return {"steps": int(res.state.step), "train_s": round(train_s, 1)}
+    info = {"steps": int(res.state.step)}
+    if res.steps_run:  # a run found finished (resumed at its last step) has no training time
+        info["train_s"] = round(train_s, 1)
+    return info
 
 
 def _records(workdir: Path, split: str) -> list[dict]:
@@ -190,6 +193,7 @@ def stage_mitigate(runs: Path, argv, kinds, oversample: float) -> dict:
     from jaxslu.config import load_config
 
     cfg = load_config(str(CONFIG), "finetune")
+    ewc_cfg = load_config(str(CONFIG), "ewc")
     out = {**_provenance(argv),
            "target": {"cohort": worst["name"], "bounds": worst["bounds"],
                       "speakers": worst["speakers"], "chosen_on": "dev",
@@ -197,7 +201,8 @@ def stage_mitigate(runs: Path, argv, kinds, oversample: float) -> dict:
                           {"name": c["name"], "wer": c["wer"], "speakers": len(c["speakers"])}
                           for c in cohorts]},
            "finetune": {"steps": cfg.train.steps, "learning_rate": cfg.optim.learning_rate,
-                        "oversample_weight": oversample, "ewc_term": cfg.loss},
+                        "oversample_weight": oversample, "ewc_loss": ewc_cfg.loss,
+                        "base_steps": base_report.get("step")},
            "runs": rows}
     write_json(RESULTS / "mitigation.json", out)
     return out
