@@ -107,7 +107,7 @@ def test_fisher_then_ewc_oversampling_and_cohort_input_fine_tune(tiny_run):
         'data.sample_weights={"key": "speaker", "weights": {"spk000": 5}}',
         f"task_options.cohort_input={regions}", "model.num_cohorts=2", "train.steps=2",
         "train.checkpoint_every=2"])
-    res = train(ft, tmp_path / "ft", progress=False)
+    res = train(ft, tmp_path / "ft", progress=False, devices=jax.devices()[:1])
     assert int(res.state.step) == 2
     assert np.isfinite(res.last_metrics["loss/ewc"]) and res.last_metrics["loss/ewc"] >= 0
     consts = res.state.constants["ewc"]
