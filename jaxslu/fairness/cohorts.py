@@ -998,6 +998,9 @@ def _merge_methods(path: Path, entry: dict) -> Path:
     methods.sort(key=lambda m: (str(m.get("split")), METHODS.index(m["method"])
                                 if m.get("method") in METHODS else len(METHODS)))
     doc = {**doc, "methods": methods}
+    # the file's own provenance: that of the entry written last (each entry keeps its own)
+    doc.update({k: v for k, v in (entry.get("provenance") or {}).items()
+                if k in ("command", "commit", "commit_dirty", "machine", "versions")})
     return _write_json(path, doc)
 
 
