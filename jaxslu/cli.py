@@ -6,6 +6,7 @@
     jaxslu transcribe --workdir runs/fsdd a.wav b.flac
     jaxslu nlu --workdir runs/nlu [FILE]          label text, one utterance per line
     jaxslu synth-slurp --out DIR                  render the spoken SLURP corpus
+    jaxslu synth-nlu [--out DIR]                  render the spoken SLU corpus (unseen speakers)
     jaxslu fisher --workdir W                     diagonal Fisher of a run (for the ewc term)
     jaxslu simulate-log --out FILE                the simulated assistant interaction log
     jaxslu selflearn simulate|mine|rephrase|isolate|rewrite ...   self-learning from interactions
@@ -173,6 +174,22 @@ def cmd_synth_slurp(args) -> int:
     return 0
 
 
+def cmd_synth_nlu(args) -> int:
+    """Render the spoken SLU corpus (jaxslu.audio.spoken_nlu): into --out, or, without it, into
+    the cache folder the `spoken_nlu` dataset (configs/spoken_nlu.py) reads."""
+    from jaxslu.audio.spoken_nlu import build_spoken_nlu, spoken_nlu_manifest
+    options = dict(num_train_speakers=args.train_speakers, num_test_speakers=args.test_speakers,
+                   speakers_per_sentence=args.speakers_per_sentence,
+                   test_speakers_per_sentence=args.test_speakers_per_sentence, seed=args.seed,
+                   limit_per_split=args.limit_per_split)
+    if args.out:
+        manifest = build_spoken_nlu(args.out, **options)
+    else:
+        manifest = spoken_nlu_manifest(cache_dir=args.cache_dir, **options)
+    print(manifest)
+    return 0
+
+
 def cmd_fisher(args) -> int:
     """The empirical diagonal Fisher of a trained run (the `ewc` term's weights)."""
     from jaxslu.fairness.ewc import fisher_diagonal
@@ -313,6 +330,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--speakers-per-sentence", type=int, default=1)
     p.set_defaults(func=cmd_synth_slurp)
+
+    p = sub.add_parser("synth-nlu", help="render the spoken SLU corpus (HWU64 train + SLURP "
+                       "devel, test speakers unseen in training) with eSpeak NG voices")
+    p.add_argument("--out", default=None, help="folder to build into (default: the cache folder "
+                   "the spoken_nlu dataset reads, under --cache-dir)")
+    p.add_argument("--cache-dir", default="", help="without --out: the cache root (default "
+                   "$JAXSLU_CACHE or ~/.cache/jaxslu)")
+    p.add_argument("--train-speakers", type=int, default=48)
+    p.add_argument("--test-speakers", type=int, default=16)
+    p.add_argument("--speakers-per-sentence", type=int, default=2)
+    p.add_argument("--test-speakers-per-sentence", type=int, default=1)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--limit-per-split", type=int, default=None,
+                   help="only the first N sentences of each split (pilots)")
+    p.set_defaults(func=cmd_synth_nlu)
 
     p = sub.add_parser("fisher", help="the diagonal Fisher of a trained run on its training "
                        "data (for the ewc loss term); writes WORKDIR/fisher.npz")

@@ -32,6 +32,37 @@ class ConfigError(ValueError):
 
 
 @dataclasses.dataclass(frozen=True)
+class WaveAugmentConfig:
+    """Waveform augmentation of training examples (host side; see jaxslu.audio.perturb).
+
+    Applied in this order, each example independently, with randomness drawn from the run's seed
+    and the example's position in the training stream (deterministic and resumable):
+    speed perturbation, synthetic reverberation, channel filtering, additive noise. Everything
+    off by default.
+    """
+
+    # Speed perturbation (tempo and pitch, as Kaldi/ESPnet's sox "speed"): one factor drawn
+    # uniformly from this tuple per example, e.g. (0.9, 1.0, 1.1); () = off.
+    speeds: tuple[float, ...] = ()
+    # Synthetic reverberation: probability per example, RT60 range (s), direct-to-reverberant
+    # ratio range (dB).
+    reverb_prob: float = 0.0
+    rt60_s: tuple[float, float] = (0.15, 0.6)
+    drr_db: tuple[float, float] = (0.0, 12.0)
+    # Additive coloured noise: probability per example, SNR range (dB), and the range of the
+    # spectral exponent beta of the noise's 1/f^beta power spectrum (0 white, 1 pink, 2 brown).
+    noise_prob: float = 0.0
+    noise_snr_db: tuple[float, float] = (5.0, 30.0)
+    noise_beta: tuple[float, float] = (0.0, 2.0)
+    # Channel (microphone) simulation: probability per example; a 2nd-order Butterworth
+    # high-pass with its cutoff log-uniform in highpass_hz, then a first-order spectral tilt
+    # y[n] = x[n] - a x[n-1] with a uniform in tilt (a > 0 brightens, a < 0 darkens).
+    channel_prob: float = 0.0
+    highpass_hz: tuple[float, float] = (20.0, 600.0)
+    tilt: tuple[float, float] = (-0.5, 0.9)
+
+
+@dataclasses.dataclass(frozen=True)
 class DataConfig:
     """What to read and how to batch it."""
 
@@ -55,6 +86,7 @@ class DataConfig:
     # the training stream (fractions by seeded stochastic rounding, fixed for the run); weight 0
     # drops an example. See jaxslu.data.pipeline.oversample_indices.
     sample_weights: dict = dataclasses.field(default_factory=dict)
+    augment: WaveAugmentConfig = WaveAugmentConfig()  # waveform augmentation (training only)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,6 +103,10 @@ class FrontendConfig:
     freq_mask_width: int = 15
     time_masks: int = 2
     time_mask_ratio: float = 0.05  # max width of each time mask as a fraction of the length
+    # Vocal-tract-length perturbation (training only): the filterbank reads the spectrum on a
+    # frequency axis warped by alpha ~ U(1 - vtlp, 1 + vtlp) per utterance (Jaitly & Hinton
+    # 2013; see jaxslu.audio.frontend.vtlp_warp); 0 = off.
+    vtlp: float = 0.0
 
 
 @dataclasses.dataclass(frozen=True)

@@ -111,6 +111,24 @@ def load_slurp_devel(path: str | os.PathLike | None = None) -> list[dict]:
     return records
 
 
+def cached_clip(out: Path, stem: str, key: dict, render, sample_rate: int,
+                folder: str = "audio") -> tuple[str, int, bool]:
+    """The FLAC of one utterance, rendered once: out/folder/<stem>-<hash of key>.flac.
+
+    `key` holds everything that determines the samples, so an existing file is reused as is and
+    a changed parameter renders a new one; `render()` -> float32 samples at `sample_rate`,
+    written atomically. Returns (path relative to out, number of samples, whether it rendered).
+    """
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:10]
+    rel = f"{folder}/{stem}-{digest}.flac"
+    path = out / rel
+    if path.is_file():
+        return rel, int(sf.info(str(path)).frames), False
+    x = render()
+    write_flac(path, x, sample_rate)
+    return rel, int(x.shape[0]), True
+
+
 def _atomic_write_text(path: Path, text: str) -> None:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
@@ -181,16 +199,10 @@ def build_spoken_slurp(out_dir: str | os.PathLike, *, num_speakers: int = 16,
             utt_snr = None if snr is None else round(float(rng.uniform(*snr)), 2)
             params = dict(text=r["text"], voice=spk.voice, rate=spk.rate, pitch=spk.pitch,
                           noise_snr_db=utt_snr, seed=utt_seed, sample_rate=sample_rate)
-            digest = hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:10]
             uid = f"slurp{r['slurp_id']}-{spk.id}"
-            rel = f"audio/{uid}-{digest}.flac"
-            path = out / rel
-            if path.is_file():
-                num_samples = sf.info(str(path)).frames
-            else:
-                x = synthesize(**params)
-                write_flac(path, x, sample_rate)
-                num_samples, rendered = int(x.shape[0]), rendered + 1
+            rel, num_samples, new = cached_clip(out, uid, params,
+                                                lambda: synthesize(**params), sample_rate)
+            rendered += new
             lines.append(json.dumps({
                 "id": uid, "path": rel, "text": r["text"], "scenario": r["scenario"],
                 "action": r["action"], "intent": r["intent"], "entities": r["entities"],

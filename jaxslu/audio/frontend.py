@@ -31,7 +31,7 @@ import numpy as np
 from jaxslu.config import FrontendConfig
 
 __all__ = ["LOG_FLOOR", "window_samples", "hop_samples", "fft_size", "num_frames", "hz_to_mel",
-           "mel_to_hz", "mel_filterbank", "log_mel", "normalize_utterance", "compute_features"]
+           "mel_to_hz", "mel_filterbank", "vtlp_warp", "log_mel", "normalize_utterance", "compute_features"]
 
 LOG_FLOOR = 1e-10  # mel energies are floored here before the log
 _NORM_EPS = 1e-5  # added to the per-bin variance in utterance normalization
@@ -115,12 +115,47 @@ def mel_filterbank(cfg: FrontendConfig) -> np.ndarray:
                           float(cfg.fmax))
 
 
+VTLP_HIGH_FRACTION = 0.6  # F_hi of vtlp_warp as a fraction of Nyquist (4800 Hz at 16 kHz)
+
+
+def vtlp_warp(freqs: jax.Array, alpha: jax.Array, sample_rate: int) -> jax.Array:
+    """Vocal-tract-length warp of frequencies (Hz) by factors alpha (Jaitly & Hinton, 2013).
+
+    freqs [K], alpha [B] -> [B, K]: f -> alpha f below the boundary F_hi min(alpha, 1) / alpha,
+    then the straight line that maps the boundary's image to itself and Nyquist to Nyquist
+    (F_hi = VTLP_HIGH_FRACTION * Nyquist), so the band stays [0, Nyquist] and alpha = 1 is the
+    identity.
+    """
+    nyq = sample_rate / 2.0
+    f_hi = VTLP_HIGH_FRACTION * nyq
+    f = jnp.asarray(freqs, jnp.float32)[None, :]
+    a = jnp.asarray(alpha, jnp.float32)[:, None]
+    edge = f_hi * jnp.minimum(a, 1.0)
+    boundary = edge / a
+    upper = nyq - (nyq - edge) / (nyq - boundary) * (nyq - f)
+    return jnp.where(f <= boundary, f * a, upper)
+
+
+def _warped_filterbank(cfg: FrontendConfig, alpha: jax.Array) -> jax.Array:
+    """The mel filterbank read on a VTLP-warped frequency axis, one per row: [B, K, M]."""
+    n_fft = fft_size(cfg)
+    freqs = np.arange(n_fft // 2 + 1) * cfg.sample_rate / n_fft
+    warped = vtlp_warp(freqs, alpha, cfg.sample_rate)
+    bin_mel = 2595.0 * jnp.log10(1.0 + warped / 700.0)[:, :, None]  # [B, K, 1]
+    edges = np.linspace(hz_to_mel(cfg.fmin), hz_to_mel(cfg.fmax), cfg.num_mels + 2)
+    lo, mid, hi = (jnp.asarray(e, jnp.float32) for e in (edges[:-2], edges[1:-1], edges[2:]))
+    rise = (bin_mel - lo) / (mid - lo)
+    fall = (hi - bin_mel) / (hi - mid)
+    return jnp.clip(jnp.minimum(rise, fall), 0.0, None)
+
+
 def _periodic_hann(w: int) -> np.ndarray:
     return (0.5 - 0.5 * np.cos(2.0 * np.pi * np.arange(w) / w)).astype(np.float32)
 
 
-def log_mel(audio: jax.Array, lengths: jax.Array, cfg: FrontendConfig) -> tuple[jax.Array, jax.Array]:
-    """Log-mel features of a padded batch.
+def log_mel(audio: jax.Array, lengths: jax.Array, cfg: FrontendConfig,
+            warp: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
+    """Log-mel features of a padded batch (with `warp` [B]: VTLP factors, see `vtlp_warp`).
 
     audio float32 [B, N], lengths int [B] (real samples per row, 0 <= lengths <= N) ->
     (feats float32 [B, F, num_mels], frame_lengths int32 [B]) with F = num_frames(N) (1 if N < W).
@@ -155,8 +190,12 @@ def log_mel(audio: jax.Array, lengths: jax.Array, cfg: FrontendConfig) -> tuple[
     frames = audio[:, idx] * jnp.asarray(_periodic_hann(w))  # [B, T, W]
     spec = jnp.fft.rfft(frames, n=n_fft, axis=-1)
     power = jnp.real(spec) ** 2 + jnp.imag(spec) ** 2  # [B, T, n_fft//2+1]
-    mel = jnp.einsum("btk,km->btm", power, jnp.asarray(mel_filterbank(cfg)),
-                     precision=jax.lax.Precision.HIGHEST)
+    if warp is None:
+        mel = jnp.einsum("btk,km->btm", power, jnp.asarray(mel_filterbank(cfg)),
+                         precision=jax.lax.Precision.HIGHEST)
+    else:
+        mel = jnp.einsum("btk,bkm->btm", power, _warped_filterbank(cfg, warp),
+                         precision=jax.lax.Precision.HIGHEST)
     feats = jnp.log(jnp.maximum(mel, LOG_FLOOR))
     frame_lengths = num_frames(lengths, cfg)
     valid = jnp.arange(t)[None, :] < frame_lengths[:, None]

@@ -24,6 +24,9 @@ Design choices:
 The contract of the two task functions:
   prepare(index) -> row dict, or `Skipped(reason)` for a bad example under
     `data.skip_bad_examples` (otherwise it raises `DataError` naming the example);
+    a prepare with a true attribute `wants_rng` is called in training as
+    prepare(index, rng=numpy Generator) seeded by (seed, global stream position): random
+    augmentation that is deterministic, identical on any process count, and resumable;
   collate(rows, batch_size) -> batch: a (possibly nested) dict of numpy arrays whose leaves have
     the batch as leading dimension (unless the task's `batch_partition` says a leaf is
     replicated), `batch_size` rows, the missing ones padding with `weight` 0, and an int32
@@ -147,6 +150,24 @@ class _BlockShard(grain.MapDataset):
         return self._parent._getitems([self._parent_index(i) for i in indices])
 
 
+class _WithRng:
+    """prepare(index, rng=Generator) for a (stream position, index) element of the stream.
+
+    The generator is seeded by (seed, position), so an example's augmentation depends only on
+    the run's seed and where it sits in the global training stream: the same on 1 or N hosts,
+    and the same again after a restore (the iterator state is the position).
+    """
+
+    _TAG = 0xA06
+
+    def __init__(self, prepare: Prepare, seed: int):
+        self.prepare, self.seed = prepare, int(seed)
+
+    def __call__(self, element):
+        pos, index = element
+        return self.prepare(index, rng=np.random.default_rng([self.seed, self._TAG, int(pos)]))
+
+
 class Batches:
     """The iterable `make_batches` returns; each `iter()` starts from the beginning."""
 
@@ -172,6 +193,10 @@ class Batches:
             ds = grain.MapDataset.source(order)
         if train:
             ds = ds.shuffle(seed=seed).repeat(None, reseed_each_epoch=True)
+            if getattr(prepare, "wants_rng", False):
+                # (global stream position, index): the position seeds the example's randomness.
+                ds = ds.map_with_index(lambda pos, i: (pos, i))
+                prepare = _WithRng(prepare, seed)
         ds = _BlockShard(ds, self.local_batch_size, process_index, process_count)
         ds = ds.map(prepare)
         read = grain.ReadOptions(num_threads=data_cfg.num_threads,

@@ -7,12 +7,23 @@ is what vocabularies, tokenizer training and per-speaker reports read.
 Registered in `jaxslu.registry.DATASETS` (factory `(split, **options) -> source`):
 
 * ``fsdd``: the bundled Free Spoken Digit Dataset (8 kHz WAVs; standard index split or a
-  held-out speaker).
+  held-out speaker). Options: ``holdout_speaker`` (leave-one-speaker-out: "train" = the other
+  four speakers, "test" = all of that speaker's recordings); ``synthetic_ratio`` (float >= 0,
+  default 0): the "train" split (only; "test" and "all" never) is the real recordings followed
+  by round-half-up(ratio x n_real) synthetic digits spoken by eSpeak NG over all accents and
+  voice variants at 8 kHz (`jaxslu.audio.digits`), built once into
+  ``<cache_dir>/synthetic_digits-<key of synthetic_seed and the recipe>/`` and reused (a larger
+  ratio extends the corpus); ``synthetic_seed`` (int >= 0, default 0); ``cache_dir`` (as
+  spoken_slurp: "" -> $JAXSLU_CACHE or ~/.cache/jaxslu). Every fsdd record has
+  ``meta["synthetic"]`` (False for the real recordings).
 * ``slurp_text``: SLURP devel text (no audio), entities converted from token to word spans,
   deterministic 80/10/10 train/dev/test split by a hash of ``slurp_id`` (as spoken_slurp).
 * ``clinc150``: CLINC150 intents (no audio); out-of-scope queries have intent ``"oos"``.
 * ``spoken_slurp``: SLURP text synthesized to speech by `jaxslu.audio.corpus.build_spoken_slurp`,
   built once into the cache and then served from its manifest.
+* ``spoken_nlu``: the ``slurp_nlu`` text mix (HWU64 train + SLURP devel) spoken by a panel of
+  synthetic speakers, training and test speakers disjoint (`jaxslu.audio.spoken_nlu`); built
+  once into ``<cache_dir>/spoken_nlu-<hash>`` and then served from its manifest.
 * ``manifest``: any ``manifest.jsonl`` (researchers' own data).
 
 Audio is returned at its native sample rate (`sample_rate` in the Example); the pipeline resamples.
@@ -23,6 +34,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import re
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -141,13 +153,33 @@ class FsddSource(ExampleSource):
     """Free Spoken Digit Dataset: text = digit word, intent = the digit ("0".."9"), no entities.
 
     Splits: "train" (indices 5..49), "test" (0..4), "all"; with `holdout_speaker`, "train" is the
-    other speakers' recordings and "test" all of that speaker's.
+    other speakers' recordings and "test" all of that speaker's. meta: accent, gender (from
+    speakers.json) and synthetic False.
+
+    synthetic_ratio r > 0 adds n_syn = floor(r * n_real + 0.5) synthetic clips after the n_real
+    real recordings of the "train" split (the "test" and "all" splits are never changed): clip k
+    speaks DIGIT_WORDS[k % 10] with a voice, variant, rate, pitch and SNR drawn from
+    (synthetic_seed, k) (see `jaxslu.audio.digits`), speaker "synth_<voice>_<variant|base>",
+    meta voice, variant, gender, accent, rate, pitch, noise_snr_db, synthetic True, ... The
+    corpus is built by `jaxslu.audio.digits.build_synthetic_digits` (or `synthetic_build`, same
+    signature) into `synthetic_digits_dir(synthetic_seed, cache_dir)` the first time it holds
+    fewer than n_syn clips, then served from its manifest; clip k does not depend on how many
+    are built, so the leave-one-speaker-out train splits (2000 real) and the standard one
+    (2250) share one corpus.
     """
 
     def __init__(self, split: str = "train", *, holdout_speaker: str | None = None,
-                 root: str | Path | None = None):
+                 root: str | Path | None = None, synthetic_ratio: float = 0.0,
+                 synthetic_seed: int = 0, cache_dir: str = "",
+                 synthetic_build: Callable[..., Any] | None = None):
         if split not in ("train", "test", "all"):
             raise ValueError(f"fsdd split {split!r} unknown; use 'train', 'test' or 'all'")
+        ratio = _check_synthetic_ratio(synthetic_ratio)
+        if (isinstance(synthetic_seed, bool) or not isinstance(synthetic_seed, (int, np.integer))
+                or synthetic_seed < 0):
+            raise ValueError(f"fsdd option synthetic_seed must be an integer >= 0, got "
+                             f"{synthetic_seed!r}; set data.options.synthetic_seed=0 (or another "
+                             "non-negative int)")
         root = Path(root) if root is not None else paths.data_dir() / "fsdd"
         speakers = json.loads((root / "speakers.json").read_text())
         if holdout_speaker and holdout_speaker not in speakers:
@@ -161,14 +193,73 @@ class FsddSource(ExampleSource):
             records.append({
                 "id": path.stem, "text": DIGIT_WORDS[digit], "intent": str(digit),
                 "entities": [], "speaker": speaker, "audio_path": path,
-                "meta": {"accent": info.get("accent", ""), "gender": info.get("gender", "")},
+                "meta": {"accent": info.get("accent", ""), "gender": info.get("gender", ""),
+                         "synthetic": False},
             })
+        self.num_real = len(records)
+        self.num_synthetic = 0
+        if split == "train" and ratio > 0 and records:
+            n_syn = int(math.floor(ratio * len(records) + 0.5))
+            if n_syn:
+                records += synthetic_digit_records(n_syn, int(synthetic_seed), cache_dir,
+                                                   synthetic_build)
+                self.num_synthetic = n_syn
         super().__init__("fsdd", split, records)
 
 
+def _check_synthetic_ratio(value: Any) -> float:
+    ok = isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
+    if not ok or not math.isfinite(float(value)) or float(value) < 0:
+        raise ValueError(f"fsdd option synthetic_ratio must be a finite number >= 0 (synthetic "
+                         f"training clips per real one, e.g. 0.5; 0 = real data only), got "
+                         f"{value!r}; set data.options.synthetic_ratio accordingly")
+    return float(value)
+
+
+SYNTHETIC_DIGITS_SAMPLE_RATE = 8000  # FSDD's rate: real and synthetic clips share a bandwidth
+
+
+def synthetic_digits_dir(seed: int = 0, cache_dir: str = "") -> Path:
+    """The cache folder of the synthetic digits of `seed`: synthetic_digits-<corpus key>, the key
+    a hash of the seed, the 8 kHz rate and the recipe (`jaxslu.audio.digits.corpus_key`), not
+    of the number of clips."""
+    from jaxslu.audio.digits import corpus_key
+
+    return paths.cache_dir(cache_dir) / (
+        f"synthetic_digits-{corpus_key(seed, SYNTHETIC_DIGITS_SAMPLE_RATE)}")
+
+
+def synthetic_digit_records(n: int, seed: int = 0, cache_dir: str = "",
+                            build: Callable[..., Any] | None = None) -> list[dict[str, Any]]:
+    """The first `n` synthetic digit records of `seed`, building (or extending) the cached corpus
+    when its manifest holds fewer, or other, clips."""
+    from jaxslu.audio.digits import MANIFEST, utterance_id
+
+    out = synthetic_digits_dir(seed, cache_dir)
+    manifest_path = out / MANIFEST
+    recs = read_manifest(manifest_path, "all") if manifest_path.is_file() else []
+    if len(recs) < n or any(recs[k]["id"] != utterance_id(k) for k in range(n)):
+        if build is None:
+            from jaxslu.audio.digits import build_synthetic_digits as build
+        log.info("building %d synthetic FSDD digits (seed %d) into %s", n, seed, out)
+        manifest_path = Path(build(out, num_utterances=n, seed=seed,
+                                   sample_rate=SYNTHETIC_DIGITS_SAMPLE_RATE))
+        recs = read_manifest(manifest_path, "all")
+        if len(recs) < n:
+            raise ValueError(f"synthetic digit manifest {str(manifest_path)!r} holds {len(recs)} "
+                             f"clips, {n} were asked for; delete {str(out)!r} and retry")
+    return recs[:n]
+
+
 @DATASETS.register("fsdd")
-def fsdd(split: str = "train", *, holdout_speaker: str | None = None) -> FsddSource:
-    return FsddSource(split, holdout_speaker=holdout_speaker)
+def fsdd(split: str = "train", *, holdout_speaker: str | None = None,
+         synthetic_ratio: float = 0.0, synthetic_seed: int = 0, cache_dir: str = "",
+         synthetic_build: Callable[..., Any] | None = None) -> FsddSource:
+    """FSDD (see FsddSource): `holdout_speaker`, and `synthetic_ratio` synthetic eSpeak NG
+    digits per real recording in the train split (seed `synthetic_seed`, cached in cache_dir)."""
+    return FsddSource(split, holdout_speaker=holdout_speaker, synthetic_ratio=synthetic_ratio,
+                      synthetic_seed=synthetic_seed, cache_dir=cache_dir,
+                      synthetic_build=synthetic_build)
 
 
 # ------------------------------------------------------------------------------------------
@@ -382,3 +473,40 @@ def spoken_slurp(split: str = "train", *, num_speakers: int = 16, utterances: in
         manifest_path = Path(build(out, num_speakers=num_speakers, utterances=utterances,
                                    seed=seed, **extra))
     return ExampleSource("spoken_slurp", split, read_manifest(manifest_path, split))
+
+
+SPOKEN_NLU_SPLITS = ("train", "dev", "slurp_test", "hwu64_test")
+
+
+@DATASETS.register("spoken_nlu")
+def spoken_nlu(split: str = "train", *, num_train_speakers: int = 48, num_test_speakers: int = 16,
+               speakers_per_sentence: int = 2, test_speakers_per_sentence: int = 1,
+               seed: int = 0, limit_per_split: int | None = None, cache_dir: str = "",
+               build: Callable[..., Any] | None = None, **options) -> ExampleSource:
+    """The `slurp_nlu` text mix spoken by synthetic speakers, unseen speakers in the held-out
+    splits (`jaxslu.audio.spoken_nlu`). Splits "train" (training speakers only), "dev",
+    "slurp_test", "hwu64_test" (test speakers only), or several joined with "+", or "all".
+
+    Built once per parameter set with `build_spoken_nlu` (or `build`, same signature) into
+    cache_dir/spoken_nlu-<hash of the parameters but limit_per_split>, whose manifest name holds
+    limit_per_split (so a pilot and the full corpus share their audio); later calls only read
+    the manifest. Further options (noise_prob, snr_db, noise_beta, reverb_prob, rt60_s, drr_db,
+    sample_rate) are those of build_spoken_nlu; meta holds accent, gender, lat, lon, voice,
+    variant, rate, pitch, snr_db, rt60, source, domain, ...
+    """
+    parts = split.split("+")
+    bad = [p for p in parts if p not in SPOKEN_NLU_SPLITS + ("all",)]
+    if bad:
+        raise ValueError(f"spoken_nlu split {'+'.join(bad)!r} unknown; use one of "
+                         f"{SPOKEN_NLU_SPLITS}, several joined with '+', or 'all'")
+    from jaxslu.audio.spoken_nlu import spoken_nlu_manifest
+
+    manifest_path = spoken_nlu_manifest(
+        cache_dir=cache_dir, limit_per_split=limit_per_split, build=build,
+        num_train_speakers=num_train_speakers, num_test_speakers=num_test_speakers,
+        speakers_per_sentence=speakers_per_sentence,
+        test_speakers_per_sentence=test_speakers_per_sentence, seed=seed, **options)
+    records = []
+    for p in dict.fromkeys(parts):
+        records += read_manifest(manifest_path, p)
+    return ExampleSource("spoken_nlu", split, records)

@@ -49,7 +49,8 @@ def evaluate_workdir(workdir: str | Path, splits: Sequence[str] | None = None,
         t0 = time.perf_counter()
         report, records = evaluator.evaluate(split)
         report = {"split": split, "experiment": run.cfg.name, "step": run.step,
-                  "task": run.cfg.task, "dataset": run.cfg.data.dataset, **report}
+                  "task": run.cfg.task, "dataset": run.cfg.data.dataset,
+                  "num_parameters": run.num_parameters, **report}
         report["seconds"] = round(time.perf_counter() - t0, 2)
         path = Path(output) if (output and len(splits) == 1) else run.workdir / f"report_{split}.json"
         if jax.process_index() == 0:

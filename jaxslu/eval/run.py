@@ -65,6 +65,11 @@ class LoadedRun:
     def model(self) -> nnx.Module:
         return nnx.merge(self.graphdef, self.params, self.rest)
 
+    @property
+    def num_parameters(self) -> int:
+        """Trainable parameters (elements of every leaf of the parameter tree)."""
+        return int(sum(int(np.prod(x.shape)) for x in jax.tree.leaves(self.params)))
+
     def eval_batches(self, source):
         """This process's shard of `source` as fixed-size eval batches (the task's
         featurization; every process yields the same number of batches)."""

@@ -224,11 +224,22 @@ class Transducer(nnx.Module):
         """Log-mel features [B, F, M] (normalized per utterance; SpecAugment when training)."""
         if audio.ndim != 2:
             raise ValueError(f"audio must be [batch, samples], got shape {audio.shape}")
-        feats, lengths = log_mel(audio, audio_lengths, self.frontend_cfg)
-        if self.frontend_cfg.normalize == "utterance":
-            feats = normalize_utterance(feats, lengths)
+        fcfg = self.frontend_cfg
+        warp, key = None, None
         if train and rngs is not None:
-            feats = spec_augment(stream_key(rngs, "augment"), feats, lengths, self.frontend_cfg)
+            key = stream_key(rngs, "augment")
+            if fcfg.vtlp != 0:  # VTLP: a warp factor per row (the key is split only then)
+                if not 0.0 < fcfg.vtlp < 0.5:
+                    raise ValueError(f"frontend.vtlp={fcfg.vtlp} must lie in (0, 0.5) or be 0 "
+                                     "(e.g. 0.1: warp factors in [0.9, 1.1])")
+                key, k_warp = jax.random.split(key)
+                warp = jax.random.uniform(k_warp, (audio.shape[0],), minval=1.0 - fcfg.vtlp,
+                                          maxval=1.0 + fcfg.vtlp)
+        feats, lengths = log_mel(audio, audio_lengths, fcfg, warp)
+        if fcfg.normalize == "utterance":
+            feats = normalize_utterance(feats, lengths)
+        if key is not None:
+            feats = spec_augment(key, feats, lengths, fcfg)
         return feats, lengths
 
     def cohort_input(self, x: jax.Array, cohort: jax.Array | None) -> jax.Array:

@@ -25,18 +25,26 @@ class AudioPreparer:
     """Turns a source index into padded-ready arrays (runs on grain's read threads)."""
 
     def __init__(self, source: Any, tokenizer: Any, vocab: Vocabularies, data_cfg: DataConfig,
-                 sample_rate: int, frames_fn: Callable[[int], int] | None):
+                 sample_rate: int, frames_fn: Callable[[int], int] | None, *,
+                 augment: bool = False):
+        from jaxslu.audio.perturb import augment_enabled, check_augment_config
+
         self.source, self.tokenizer, self.vocab = source, tokenizer, vocab
         self.cfg, self.sample_rate, self.frames_fn = data_cfg, sample_rate, frames_fn
         self.max_samples = int(round(max(data_cfg.bucket_seconds) * sample_rate))
         self.max_tokens = max(data_cfg.label_buckets)
+        check_augment_config(data_cfg.augment)
+        # Training with data.augment on: the pipeline hands each call a seeded Generator.
+        self.wants_rng = bool(augment and augment_enabled(data_cfg.augment))
 
     def _bad(self, message: str) -> Skipped:
         if self.cfg.skip_bad_examples:
             return Skipped(message)
         raise DataError(message)
 
-    def __call__(self, index: int) -> dict[str, Any] | Skipped:
+    def __call__(self, index: int, rng: np.random.Generator | None = None
+                 ) -> dict[str, Any] | Skipped:
+        """The row of example `index`; with `rng`, its waveform is augmented (data.augment)."""
         index = int(index)
         try:
             ex = self.source[index]
@@ -64,6 +72,11 @@ class AudioPreparer:
                 "set data.skip_bad_examples=True to skip it")
         if sr != self.sample_rate:
             audio = resample(audio, sr, self.sample_rate)
+        if rng is not None and self.wants_rng:
+            from jaxslu.audio.perturb import perturb
+
+            audio, _ = perturb(audio, self.sample_rate, rng, self.cfg.augment,
+                               max_samples=self.max_samples)
         n = len(audio)
         if n > self.max_samples:
             return self._bad(
@@ -147,7 +160,8 @@ def make_audio_batches(source: Any, *, tokenizer: Any, vocab: Vocabularies, data
     prepare and collate). `frames_fn(num_samples)` -> how many tokens an utterance can carry: a
     longer transcript is an error naming the example (or skipped under data.skip_bad_examples)."""
     buckets = audio_buckets(data_cfg, sample_rate)
-    prepare = AudioPreparer(source, tokenizer, vocab, data_cfg, sample_rate, frames_fn)
+    prepare = AudioPreparer(source, tokenizer, vocab, data_cfg, sample_rate, frames_fn,
+                            augment=train)
     collate = functools.partial(collate_audio, audio_buckets=buckets,
                                 label_buckets=sorted(set(data_cfg.label_buckets)))
     return make_batches(source, prepare=prepare, collate=collate, data_cfg=data_cfg, train=train,

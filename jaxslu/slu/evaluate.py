@@ -84,7 +84,11 @@ class TransducerSLUEvaluator:
         self.decoder = TransducerDecoder(run)
 
     def records(self, split: str) -> list[dict]:
-        source = self.run.task.open_source(split)
+        return self.records_of(self.run.task.open_source(split), split)
+
+    def records_of(self, source, split: str = "") -> list[dict]:
+        """The records (sorted by id) of every example of `source`: a split's source, or any
+        object with its interface (len, [i], metadata(i)), e.g. a subset of one."""
         batches = self.run.eval_batches(source)
         records = []
         for batch in batches:

@@ -156,17 +156,18 @@ class TransducerSLUTask(Task):
             names = objective.names if objective is not None else ()
             frames = label_capacity_fn(self.cfg, model, names)
         prepare = AudioPreparer(source, assets.tokenizer, assets.vocab, self.cfg.data,
-                                self.cfg.frontend.sample_rate, frames)
+                                self.cfg.frontend.sample_rate, frames, augment=train)
         cohort_of = self.cohort_of
         if cohort_of is None:
             return prepare
 
-        def with_cohort(index):
-            row = prepare(index)
+        def with_cohort(index, rng=None):
+            row = prepare(index, rng)
             if isinstance(row, dict):
                 row["cohort"] = cohort_of(source.metadata(int(index)))
             return row
 
+        with_cohort.wants_rng = prepare.wants_rng
         return with_cohort
 
     def pad_values(self):

@@ -114,6 +114,26 @@ def test_interrupted_and_resumed_run_matches_uninterrupted(tmp_path):
         np.testing.assert_allclose(a, b, rtol=0, atol=1e-6)  # same programs, same data: exact
 
 
+def test_augmented_run_with_synthetic_voices_resumes_exactly(tmp_path):
+    """configs/fsdd_robust.py (every augmentation, VTLP, synthetic digits): the waveform
+    augmentation is seeded by the stream position, so an interrupted run resumes to the same
+    parameters as an uninterrupted one."""
+    cfg = load_config(ROOT / "configs" / "fsdd_robust.py", "tiny",
+                      ["train.steps=4", "train.checkpoint_every=2", "train.log_every=2",
+                       "data.options.synthetic_ratio=0.01",
+                       f"data.options.cache_dir={tmp_path / 'cache'}"])
+    assert cfg.frontend.vtlp > 0 and cfg.data.augment.noise_prob > 0
+    full = train(cfg, tmp_path / "full", progress=False, devices=ONE_DEVICE)
+    part = train(cfg, tmp_path / "resumed", progress=False, devices=ONE_DEVICE, stop_after=3)
+    rest = train(cfg, tmp_path / "resumed", progress=False, devices=ONE_DEVICE)
+    assert int(part.state.step) == 3 and int(rest.state.step) == 4
+    for a, b in zip(_params(full.state), _params(rest.state)):
+        np.testing.assert_allclose(a, b, rtol=0, atol=1e-6)
+    synthetic = list((tmp_path / "cache").glob("synthetic_digits-*/manifest.jsonl"))
+    # 0.01 x 2250 real training recordings = 22.5, rounded half up
+    assert len(synthetic) == 1 and len(synthetic[0].read_text().splitlines()) == 23
+
+
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
     from jaxslu.eval import LoadedRun
     # An absurd learning rate (no warm-up) turns the parameters non-finite after one update: the

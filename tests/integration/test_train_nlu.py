@@ -25,17 +25,6 @@ def _cfg(*overrides, name="slurp_nlu.py", variant="tiny"):
     return load_config(ROOT / "configs" / name, variant, list(overrides))
 
 
-@pytest.fixture(scope="module")
-def nlu_run(tmp_path_factory):
-    """A short real training: 600 steps of a small Transformer (under a minute on 2 cores)."""
-    wd = tmp_path_factory.mktemp("nlu")
-    cfg = _cfg("train.steps=600", "train.checkpoint_every=600", "train.log_every=100",
-               "model.encoder.dim=64", "model.encoder.num_layers=2", "model.encoder.heads=4",
-               "data.batch_size=32", "optim.learning_rate=3e-3", "optim.warmup_steps=50")
-    result = train(cfg, wd, progress=False, devices=ONE)
-    return wd, cfg, result
-
-
 def test_nlu_trains_and_reports_without_audio(nlu_run):
     wd, cfg, result = nlu_run
     assert int(result.state.step) == 600

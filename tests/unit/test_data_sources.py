@@ -49,7 +49,7 @@ def test_fsdd_splits_and_example():
     np.testing.assert_array_equal(ex["audio"], ref)
     assert (ex["text"], ex["intent"], ex["entities"], ex["speaker"]) == ("seven", "7", [],
                                                                           "nicolas")
-    assert ex["meta"] == {"accent": "BEL/French", "gender": "male"}
+    assert ex["meta"] == {"accent": "BEL/French", "gender": "male", "synthetic": False}
     assert test.text(k) == "seven" and "audio" not in test.metadata(k)
 
 
