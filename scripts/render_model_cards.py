@@ -25,7 +25,7 @@ CARDS = [
              "(250), 5-49 the training set (2,250).",
      "report": "results/fsdd_demo_report.json", "loso": ("default", "none"),
      "limits": ["Five training voices: on a voice it has never heard it does far worse than "
-                "on the standard split (leave-one-speaker-out row below).",
+                "on the standard split (the leave-one-speaker-out figures above).",
                 "Isolated digits only; the transcript vocabulary is the ten digit words."]},
     {"name": "fsdd_robust", "config": "configs/fsdd_robust.py", "variant": "default",
      "title": "Speaker-robust FSDD transducer (augmentation + synthetic voices)",
@@ -83,6 +83,9 @@ def render_card(card: dict) -> str:
              "`scripts/render_model_cards.py` from the results files named below; do not edit.",
              "", "## Data", card["data"], "", "## Model"] + _model_lines(cfg)
     params = (report or {}).get("num_parameters")
+    if not params and card["loso"] and _load("results/fsdd_loso.json"):
+        params = next((r.get("num_parameters") for r in _load("results/fsdd_loso.json")["runs"]
+                       if r["variant"] == card["loso"][1] and r.get("num_parameters")), None)
     lines.append(f"- Parameters: {params:,}." if params else
                  "- Parameters: not recorded in the report (re-evaluate the run to add them).")
     lines += ["", "## Training budget",
@@ -104,13 +107,13 @@ def render_card(card: dict) -> str:
                      "with its final settings on the project's machine.")
     loso = _load("results/fsdd_loso.json") if card["loso"] else None
     if loso:
-        key = f"default/{card['loso'][1]}"
-        s = loso["summary"].get(key)
-        if s:
+        rows = [s for s in loso["summary"].values()
+                if s["size"] == "default" and s["variant"] == card["loso"][1]]
+        for s in rows:
             lines += ["", f"Leave-one-speaker-out (`results/fsdd_loso.json`, variant "
-                      f"`{card['loso'][1]}`, {s['speakers']} of 5 speakers so far): mean digit "
-                      f"accuracy {_pct(s['mean_digit_accuracy'])}, worst "
-                      f"{_pct(s['worst_digit_accuracy'])} ({s['worst_speaker']})."]
+                      f"`{card['loso'][1]}`, {s['steps']} steps, {s['speakers']} of 5 held-out "
+                      f"speakers so far): mean digit accuracy {_pct(s['mean_digit_accuracy'])}, "
+                      f"worst {_pct(s['worst_digit_accuracy'])} ({s['worst_speaker']})."]
     peers = _load("results/asr_peers.json")
     if peers:
         rows = [r for r in peers.get("systems", []) if r.get("dataset") and

@@ -1,0 +1,67 @@
+"""Tables of docs/speech_robustness.md from results JSON: the cascade-vs-E2E comparison
+(results/slu_cascade_vs_e2e.json) and the ASR peers (results/asr_peers.json); the
+leave-one-speaker-out table is rendered by `scripts/fsdd_loso.py --render`.
+
+    python scripts/render_speech_docs.py
+"""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+DOC = ROOT / "docs" / "speech_robustness.md"
+
+
+def _pct(x) -> str:
+    return "–" if x is None else f"{100 * x:.1f}"
+
+
+def cascade_table(d: dict) -> str:
+    lines = ["| kind | intent acc. % | SLU-F1 % | WER % | intent acc. %, unseen | SLU-F1 %, unseen |",
+             "|---|---|---|---|---|---|"]
+    for r in d["runs"]:
+        u = r.get("unseen") or {}
+        lines.append(f"| {r['kind']} | {_pct(r['intent_accuracy'])} | {_pct(r['slu_f1'])} | "
+                     f"{_pct(r['wer'])} | {_pct(u.get('intent_accuracy'))} | "
+                     f"{_pct(u.get('slu_f1'))} |")
+    seen = d.get("seen_in_training", {})
+    e2e, nlu = d.get("e2e", {}), d.get("nlu", {})
+    lines += ["", f"{d['num_utterances']} utterances of split `{d['split']}`; E2E run "
+              f"`{e2e.get('config_name')}` at step {e2e.get('step')}, NLU run "
+              f"`{nlu.get('config_name')}` at step {nlu.get('step')}. Utterances whose sentence "
+              f"the NLU run trained on: {seen.get('nlu')}; the `unseen` columns leave them out "
+              f"({seen.get('unseen_by_both')} utterances). Command `{d.get('command')}`, commit "
+              f"{d.get('commit')}."]
+    return "\n".join(lines)
+
+
+def peers_table(d: dict) -> str:
+    lines = ["| system | dataset | utterances | audio s | WER % | digit acc. % | RTF |",
+             "|---|---|---|---|---|---|---|"]
+    for r in d["systems"]:
+        lines.append(f"| {r['name']} | {r['dataset']} | {r['utterances']} | "
+                     f"{r['audio_seconds']:.0f} | {_pct(r['wer'])} | "
+                     f"{_pct(r.get('digit_accuracy'))} | {r['rtf']:.3f} |")
+    lines += ["", f"Same audio, same CPU, one run. Command `{d.get('command')}`, commit "
+              f"{d.get('commit')}."]
+    return "\n".join(lines)
+
+
+def main() -> int:
+    from jaxslu.provenance import replace_generated_block
+
+    for name, fn in (("slu_cascade_vs_e2e", cascade_table), ("asr_peers", peers_table)):
+        path = ROOT / "results" / f"{name}.json"
+        if path.is_file():
+            replace_generated_block(DOC, f"<!-- BEGIN {name} (generated) -->",
+                                    f"<!-- END {name} (generated) -->",
+                                    fn(json.loads(path.read_text())))
+    print(DOC)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
