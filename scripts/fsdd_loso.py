@@ -115,7 +115,7 @@ def summarize(rows: list[dict]) -> dict:
     out: dict = {}
     current: dict = {}
     for r in rows:
-        key = (r["size"], r["variant"])
+        key = (r["size"], r["variant"], r["steps"])
         if key not in current:
             current[key] = config_digest(variant_config(r["size"], r["variant"], r["holdout"],
                                                         r["steps"]))

@@ -45,8 +45,12 @@ def peers_table(d: dict) -> str:
         lines.append(f"| {r['name']} | {r['dataset']} | {r['utterances']} | "
                      f"{r['audio_seconds']:.0f} | {_pct(r['wer'])} | "
                      f"{_pct(r.get('digit_accuracy'))} | {r['rtf']:.3f} |")
-    lines += ["", f"Same audio, same CPU, one run. Command `{d.get('command')}`, commit "
-              f"{d.get('commit')}."]
+    m = d.get("machine") or {}
+    load = m.get("load_avg_before")
+    lines += ["", f"Same audio, same CPU, one run ({m.get('cpu', '?')}, {m.get('cores', '?')} "
+              "cores" + (f", 1-minute load average {load[0]:.1f} when it started: the RTFs "
+                         "include sharing the cores with other jobs" if load else "") +
+              f"). Command `{d.get('command')}`, commit {d.get('commit')}."]
     return "\n".join(lines)
 
 
