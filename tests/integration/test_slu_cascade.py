@@ -47,7 +47,7 @@ def test_cascade_vs_e2e_on_tiny_runs(runs, tmp_path):
     assert [r["kind"] for r in decoded["runs"]] == list(KINDS)
     n = decoded["num_utterances"]
     assert n >= 1 and decoded["split"] == "test" and len(decoded["records"]) == n
-    assert decoded["e2e"] == {**decoded["e2e"], "config_name": "spoken_slurp", "step": 3}
+    assert decoded["e2e"]["config_name"] == "spoken_slurp" and decoded["e2e"]["step"] == 3
     assert decoded["nlu"]["config_name"] == "slurp_nlu_tiny" and decoded["nlu"]["step"] == 600
     for r in decoded["runs"]:
         assert r["num_utterances"] == n
