@@ -60,7 +60,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from jaxslu import paths
-from jaxslu.audio.corpus import _atomic_write_text
+from jaxslu.audio.corpus import _atomic_write_text, cached_clip
 from jaxslu.audio.synth import ACCENT_REGIONS, VARIANTS, VOICES
 
 GENDERS = ("female", "male")
@@ -171,7 +171,6 @@ def build_speaker_panel(out_dir: str | os.PathLike, params: dict[str, Any], *,
     """Render the panel `params` (from `panel_params`) into out_dir; returns the manifest path.
     Manifest fields: id, path (relative), text, speaker, voice, variant, accent, gender, split,
     rate, pitch, snr_db, num_samples."""
-    from jaxslu.audio.io import write_flac  # atomic (temporary file + rename)
     from jaxslu.audio.synth import synthesize
 
     out = Path(out_dir)
@@ -198,18 +197,11 @@ def build_speaker_panel(out_dir: str | os.PathLike, params: dict[str, Any], *,
             synth_params = dict(text=text, voice=spk.voice, variant=spk.variant, rate=spk.rate,
                                 pitch=spk.pitch, noise_snr_db=utt_snr, seed=utt_seed,
                                 sample_rate=sr)
-            digest = hashlib.sha256(json.dumps({**synth_params, "max_samples": max_n},
-                                               sort_keys=True).encode()).hexdigest()[:10]
             uid = f"{spk.id}-{k:02d}"
-            rel = f"audio/{uid}-{digest}.flac"
-            path = out / rel
-            if path.is_file():
-                import soundfile as sf
-                num_samples = sf.info(str(path)).frames
-            else:
-                x = synthesize(**synth_params)[:max_n]
-                write_flac(path, x, sr)
-                num_samples, rendered = int(x.shape[0]), rendered + 1
+            rel, num_samples, new = cached_clip(
+                out, uid, {**synth_params, "max_samples": max_n},
+                lambda: synthesize(**synth_params)[:max_n], sr)
+            rendered += new
             lines.append(json.dumps({
                 "id": uid, "path": rel, "text": text, "speaker": spk.id, "voice": spk.voice,
                 "variant": spk.variant, "accent": spk.accent, "gender": spk.gender,
