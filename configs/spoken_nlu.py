@@ -21,10 +21,11 @@ Sizing (measured; see the numbers below):
   steps skipped 'hwu64-train-15-trn018': 26 tokens, 23 frames). At 4x the worst utterance of the
   corpus (all 7492 with >= 2.3 tokens per word or >= 30 tokens, rendered) uses 0.78 of its frames.
 - Cost: the subsampling convolutions dominated (144 channels: 6.1-7.2 s/step at 8x); 64 channels
-  at 4x measured 3.5-4.1 s/step (steps 6-20 of a 20-step timing, batch 16, the 4 s bucket, with
-  another training sharing the 2 CPU cores), ~4.0 s/step over the bucket mix, so 3000 steps
-  (~2.3 passes over the 20710 training utterances) take ~3.3 h plus ~15 min of compiles (one
-  program per audio x label bucket met), ~4 h in all; less on idle cores.
+  at 4x measured 3.5-4.1 s/step with XLA's convolution (batch 16, the 4 s bucket, another job
+  sharing the 2 CPU cores). On CPU the subsampling now runs as one matrix product over the 3x3
+  patches (jaxslu/layers/subsampling.py, conv_impl="auto"): 3.0-3.2x faster forward + backward
+  at these shapes (results/benchmarks/subsampling_conv_cpu.json), which brings the step to about
+  half. The run's own time is in its workdir (train_time.json) and in the report.
 get_config("tiny"): 6 sentences per split, 8 + 8 speakers, a few steps, for tests.
 """
 import dataclasses

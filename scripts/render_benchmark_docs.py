@@ -13,6 +13,8 @@ prose around them is left alone. Blocks:
     triton_resources  the offline sm_90 compile of the Pallas GPU kernels (shared memory,
                  registers, spills) from results/benchmarks/triton_resources_*.json
     device_check one row per results/benchmarks/device_check_*.json
+    subsampling_conv  the encoder's conv subsampling, XLA convolution vs 3x3 patches, from
+                 results/benchmarks/subsampling_conv_*.json
 
 Every figure in those tables is read from a JSON written by the program that measured it, so a
 number in the docs can always be traced to a run. Timings are shown as median (IQR) over the
@@ -30,7 +32,8 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "results" / "benchmarks"
 DOCS = {"rnnt_loss": ROOT / "docs" / "benchmarks.md", "device_check": ROOT / "docs" / "benchmarks.md",
         "triton_resources": ROOT / "docs" / "benchmarks.md",
-        "gated_block": ROOT / "docs" / "gated_block.md"}
+        "gated_block": ROOT / "docs" / "gated_block.md",
+        "subsampling_conv": ROOT / "docs" / "benchmarks.md"}
 
 RNNT_IMPLS = [("xla", "XLA"), ("xla_donated", "XLA, logits donated"),
               ("fused", "XLA fused (incl. joint)"), ("pallas", "Pallas"),
@@ -280,10 +283,31 @@ def render_triton(entries) -> list[str]:
     return out
 
 
+def render_subsampling(entries) -> list[str]:
+    if not entries:
+        return ["No results/benchmarks/subsampling_conv_*.json yet.", ""]
+    out: list[str] = []
+    for path, d in entries:
+        out += [f"### {path.stem}", ""] + provenance_lines(path, d)
+        out += ["Forward + backward of a factor-4 `ConvSubsampling`, median (IQR) of "
+                f"{d['timing']['reps']} alternating timed calls.", "",
+                "| B x T x mels | channels | conv | patches | conv / patches | max abs diff |",
+                "|---|---|---|---|---|---|"]
+        for r in d["results"]:
+            sh, st = r["shape"], r["implementations"]
+            cell = lambda x: f"{x['median_ms']:.1f} ms ({x['iqr_ms']:.1f})"
+            out.append(f"| {sh['B']} x {sh['T']} x {sh['M']} | {sh['C']} | {cell(st['conv'])} | "
+                       f"{cell(st['patches'])} | {r['speedup_conv_over_patches']:.2f}x | "
+                       f"{r['max_abs_diff_outputs_and_grads']:.1e} |")
+        out.append("")
+    return out
+
+
 BLOCKS = {"rnnt_loss": lambda: render_rnnt(_load("rnnt_loss_*.json")),
           "triton_resources": lambda: render_triton(_load("triton_resources_*.json")),
           "gated_block": lambda: render_gated(_load("gated_block_*.json")),
-          "device_check": lambda: render_device(_load("device_check_*.json"))}
+          "device_check": lambda: render_device(_load("device_check_*.json")),
+          "subsampling_conv": lambda: render_subsampling(_load("subsampling_conv_*.json"))}
 
 
 def replace_block(text: str, name: str, lines: list[str]) -> str:

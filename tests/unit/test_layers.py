@@ -112,6 +112,62 @@ def test_subsampling_lengths_and_padding(rng, factor):
         ConvSubsampling(12, 8, factor=3, rngs=nnx.Rngs(0))
 
 
+def _conv3x3_s2_numpy(x, k, time_pad):
+    """Direct loop definition of the stride-2 3x3 convolution (zero padding)."""
+    xp = np.pad(x.astype(np.float64), ((0, 0), time_pad, (1, 1), (0, 0)))
+    t_out = (x.shape[1] + sum(time_pad) - 3) // 2 + 1
+    m_out = (x.shape[2] - 1) // 2 + 1
+    y = np.zeros((x.shape[0], t_out, m_out, k.shape[-1]))
+    for t in range(t_out):
+        for m in range(m_out):
+            window = xp[:, 2 * t:2 * t + 3, 2 * m:2 * m + 3, :]  # [B, 3, 3, C]
+            y[:, t, m] = np.einsum("bijc,ijco->bo", window, k.astype(np.float64))
+    return y
+
+
+@pytest.mark.parametrize("shape", [(2, 9, 7, 1), (2, 10, 8, 3)])
+@pytest.mark.parametrize("time_pad", [(1, 1), (2, 0)])
+def test_subsampling_patches_match_convolution_values_and_gradients(rng, shape, time_pad):
+    import jax
+    from jaxslu.layers.subsampling import conv3x3_stride2
+    x = rng.normal(size=shape).astype(np.float32)
+    k = rng.normal(size=(3, 3, shape[-1], 4)).astype(np.float32)
+    ref = _conv3x3_s2_numpy(x, k, time_pad)
+    for impl in ("conv", "patches"):
+        np.testing.assert_allclose(conv3x3_stride2(jnp.asarray(x), jnp.asarray(k), time_pad, impl),
+                                   ref, atol=1e-4, rtol=1e-5)
+    cot = rng.normal(size=ref.shape).astype(np.float32)
+    grads = {impl: jax.grad(lambda a, b: jnp.sum(conv3x3_stride2(a, b, time_pad, impl) * cot),
+                            argnums=(0, 1))(jnp.asarray(x), jnp.asarray(k))
+             for impl in ("conv", "patches")}
+    for g_conv, g_patch in zip(grads["conv"], grads["patches"]):
+        np.testing.assert_allclose(g_patch, g_conv, atol=1e-4, rtol=1e-5)
+    # bf16 inputs: both paths round the same products; compare to the fp64 definition at bf16's
+    # resolution (8 bits of mantissa, 27-term sums of O(1) products: 0.1 absolute).
+    xb, kb = jnp.asarray(x, jnp.bfloat16), jnp.asarray(k, jnp.bfloat16)
+    for impl in ("conv", "patches"):
+        out = conv3x3_stride2(xb, kb, time_pad, impl)
+        assert out.dtype == jnp.bfloat16
+        np.testing.assert_allclose(np.asarray(out, np.float32), ref, atol=0.1, rtol=0.02)
+    with pytest.raises(ValueError, match="conv impl"):
+        conv3x3_stride2(jnp.asarray(x), jnp.asarray(k), time_pad, "fft")
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_subsampling_conv_impls_agree(rng, causal):
+    x = jnp.asarray(rng.normal(size=(2, 19, 12)).astype(np.float32))
+    lengths = jnp.asarray([19, 11])
+    outs = {}
+    for impl in ("conv", "patches", "auto"):
+        sub = ConvSubsampling(12, 8, factor=8, channels=5, causal=causal, conv_impl=impl,
+                              rngs=nnx.Rngs(0))
+        outs[impl] = sub(x, lengths)[0]
+    np.testing.assert_allclose(outs["patches"], outs["conv"], atol=TOL)
+    np.testing.assert_allclose(outs["auto"], outs["conv"], atol=TOL)
+    with pytest.raises(ValueError, match="conv_impl"):
+        ConvSubsampling(12, 8, conv_impl="winograd", rngs=nnx.Rngs(0))
+
+
 def test_causal_subsampling_has_no_lookahead(rng):
     sub = ConvSubsampling(8, 6, factor=4, causal=True, rngs=nnx.Rngs(0))
     x = rng.normal(size=(1, 24, 8)).astype(np.float32)
