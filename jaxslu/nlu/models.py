@@ -11,6 +11,12 @@ or the first token with `pooling="first"`) feeds the intent and domain classifie
 state feeds the BIO slot tagger. Outputs: `intent_logits` [B, I], `domain_logits` [B, S],
 `slot_logits` [B, L, T], `embedding` [B, D] (the pooled vector, for open classification and
 discovery), `token_states` [B, L, D].
+
+Context input (`context_dim` > 0, from the task's context schema, jaxslu/context): the batch's
+`context` [B, C] is projected to D, and a residual two-layer fusion of the pooled text and the
+projected context, u' = u + W2 gelu(W1 [u; gelu(Wc c)]), replaces u for the intent and domain
+heads, so the context can change which intent a text means (not only shift a prior). The slot
+tagger reads the token states alone. `embedding` stays the text's pooled vector.
 """
 from __future__ import annotations
 
@@ -124,7 +130,8 @@ class JointNLU(nnx.Module):
     """Shared text encoder + domain / intent / slot heads (see the module docstring)."""
 
     def __init__(self, cfg: NluConfig, *, vocab_size: int, num_intents: int, num_domains: int,
-                 num_slot_tags: int, bert_config: Any = None, rngs: nnx.Rngs):
+                 num_slot_tags: int, bert_config: Any = None, context_dim: int = 0,
+                 rngs: nnx.Rngs):
         self.cfg = cfg
         if cfg.encoder.kind == "transformer":
             self.encoder = TextTransformer(cfg.encoder, vocab_size, rngs=rngs)
@@ -145,6 +152,12 @@ class JointNLU(nnx.Module):
                        if cfg.domain_head and num_domains else None)
         self.slots = (Dense(d, num_slot_tags, rngs=rngs, axes=axes)
                       if cfg.slot_head and num_slot_tags > 1 else None)
+        self.context_dim = int(context_dim)
+        if self.context_dim:
+            self.context_proj = Dense(self.context_dim, d, rngs=rngs, axes=(None, "embed"))
+            self.fuse_in = Dense(2 * d, d, rngs=rngs, axes=("embed", "mlp"))
+            self.fuse_out = Dense(d, d, rngs=rngs, axes=("mlp", "embed"),
+                                  kernel_init=nnx.initializers.zeros)
 
     def __call__(self, batch, *, train: bool = False, rngs=None) -> dict[str, jax.Array]:
         tokens, lengths = batch["tokens"], batch["token_lengths"]
@@ -152,10 +165,18 @@ class JointNLU(nnx.Module):
         pooled = pool(states, jnp.maximum(lengths, 1), self.cfg.pooling)
         out = {"token_states": states, "embedding": pooled}
         rate = self.cfg.head_dropout
+        utterance = pooled
+        if self.context_dim:
+            if "context" not in batch:
+                raise ValueError(f"the model takes a context input ({self.context_dim} features) "
+                                 "but the batch has no 'context'; set task_options.context")
+            ctx = jax.nn.gelu(self.context_proj(batch["context"].astype(pooled.dtype)))
+            hidden = jax.nn.gelu(self.fuse_in(jnp.concatenate([pooled, ctx], axis=-1)))
+            utterance = pooled + self.fuse_out(hidden)
         if self.intent is not None:
-            out["intent_logits"] = self.intent(dropout(pooled, rate, train=train, rngs=rngs))
+            out["intent_logits"] = self.intent(dropout(utterance, rate, train=train, rngs=rngs))
         if self.domain is not None:
-            out["domain_logits"] = self.domain(dropout(pooled, rate, train=train, rngs=rngs))
+            out["domain_logits"] = self.domain(dropout(utterance, rate, train=train, rngs=rngs))
         if self.slots is not None:
             out["slot_logits"] = self.slots(dropout(states, rate, train=train, rngs=rngs))
         return out

@@ -12,10 +12,15 @@ Task options (`task_options`):
     vocabulary (no intent/domain loss) so open classification decides them;
   pretrained (""): for `model.encoder.kind="bert"`, a folder with config.json,
     model.safetensors and tokenizer.json, or a known name ("all-MiniLM-L6-v2", found by
-    `jaxslu.nlu.bert.find_pretrained`).
+    `jaxslu.nlu.bert.find_pretrained`);
+  context (""): "input" feeds each example's `meta["context"]` (jaxslu/context/features.py) to
+    the model as a vector beside the text; "blind" feeds zeros of the same size (the
+    without-context baseline with the same architecture); "" (default) has no context input.
+    The context vocabularies are read from the training split and saved as `context.json`.
 
 Batch: tokens [B, L] int32 (0 = padding), token_lengths [B], intent [B], domain [B] (-1 none),
-slot_tags [B, L] (-1 at padding and special tokens), index [B], weight [B].
+slot_tags [B, L] (-1 at padding and special tokens), index [B], weight [B]; with a context
+input also context [B, C] float32 (zeros for padding rows and rows without a context).
 """
 from __future__ import annotations
 
@@ -25,6 +30,8 @@ import shutil
 from pathlib import Path
 from typing import Any, Sequence
 
+import logging
+
 import numpy as np
 
 from jaxslu.data.batch import IGNORE_TAG, NO_INTENT
@@ -32,6 +39,8 @@ from jaxslu.data.labels import Vocabularies
 from jaxslu.data.pipeline import DataError, Skipped, bucket_for, pad_rows
 from jaxslu.registry import TASKS
 from jaxslu.task import Task
+
+log = logging.getLogger("jaxslu")
 
 
 class SentencePieceText:
@@ -77,6 +86,7 @@ class NluAssets:
     tokenizer: Any  # SentencePieceText or WordPieceText
     vocab: Vocabularies
     bert_config: Any = None  # jaxslu.nlu.bert.BertConfig for the pretrained encoder
+    context: Any = None  # jaxslu.context.ContextSchema when task_options.context is set
 
 
 def resolve_pretrained(name_or_path: str) -> Path:
@@ -105,10 +115,15 @@ class NluTask(Task):
 
     def __init__(self, cfg):
         super().__init__(cfg)
-        unknown = set(self.options) - {"max_tokens", "oos_label", "pretrained"}
+        unknown = set(self.options) - {"max_tokens", "oos_label", "pretrained", "context"}
         if unknown:
             raise ValueError(f"task_options {sorted(unknown)} unknown for the nlu task; it takes "
-                             "max_tokens, oos_label, pretrained")
+                             "max_tokens, oos_label, pretrained, context")
+        self.context_mode = self.options.get("context", "") or ""
+        if self.context_mode not in ("", "input", "blind"):
+            raise ValueError(f"task_options.context={self.context_mode!r}: use 'input' (the "
+                             "examples' meta['context']), 'blind' (zeros, same model) or ''")
+        self.context_dim = 0  # set from the assets (the context schema read from the data)
         self.max_tokens = int(self.options.get("max_tokens", 64))
         self.oos_label = self.options.get("oos_label", "oos")
         self.pretrained_kind = getattr(getattr(cfg.model, "encoder", None), "kind", "") == "bert"
@@ -118,9 +133,10 @@ class NluTask(Task):
 
     @property
     def asset_files(self) -> tuple[str, ...]:
+        extra = ("context.json",) if self.context_mode else ()
         if self.pretrained_kind:
-            return ("tokenizer.json", "encoder_config.json", "labels.json")
-        return ("tokenizer.model", "labels.json")
+            return ("tokenizer.json", "encoder_config.json", "labels.json") + extra
+        return ("tokenizer.model", "labels.json") + extra
 
     # -- assets -----------------------------------------------------------------------------
 
@@ -128,20 +144,37 @@ class NluTask(Task):
         if not all((workdir / f).exists() for f in self.asset_files):
             return None
         vocab = Vocabularies.load(workdir / "labels.json")
+        context = None
+        if self.context_mode:
+            from jaxslu.context import ContextSchema
+
+            context = ContextSchema.load(workdir / "context.json")
         if self.pretrained_kind:
             from jaxslu.nlu.bert import BertConfig
 
-            return NluAssets(WordPieceText(workdir / "tokenizer.json"), vocab,
-                             BertConfig.from_hf_json(workdir / "encoder_config.json"))
+            return self._adopt(NluAssets(
+                WordPieceText(workdir / "tokenizer.json"), vocab,
+                BertConfig.from_hf_json(workdir / "encoder_config.json"), context))
         from jaxslu.text.tokenizer import Tokenizer
 
-        return NluAssets(SentencePieceText(Tokenizer.load(workdir / "tokenizer.model")), vocab)
+        return self._adopt(NluAssets(
+            SentencePieceText(Tokenizer.load(workdir / "tokenizer.model")), vocab,
+            context=context))
 
     def build_assets(self, source, scratch: Path) -> NluAssets:
         scratch.mkdir(parents=True, exist_ok=True)
         vocab = Vocabularies.from_source(source, exclude_intents=(self.oos_label,))
         if not vocab.intents:
             raise DataError(f"training split of {source!r} has no labelled intents")
+        context = None
+        if self.context_mode:
+            from jaxslu.context import ContextSchema
+
+            context = ContextSchema.from_contexts(
+                (source.metadata(i).get("meta") or {}).get("context") for i in range(len(source)))
+            if context.dim == 3 and self.context_mode == "input":
+                log.warning("task_options.context='input' but no training example of %r has a "
+                            "context with device states, types or recent domains", source)
         if self.pretrained_kind:
             from jaxslu.nlu.bert import BertConfig
 
@@ -150,18 +183,21 @@ class NluTask(Task):
                                                                      "encoder_config.json")):
                 shutil.copyfile(ckpt / src, scratch / dst)
             self._pretrained_dir = ckpt
-            return NluAssets(WordPieceText(scratch / "tokenizer.json"), vocab,
-                             BertConfig.from_hf_json(scratch / "encoder_config.json"))
+            return self._adopt(NluAssets(
+                WordPieceText(scratch / "tokenizer.json"), vocab,
+                BertConfig.from_hf_json(scratch / "encoder_config.json"), context))
         from jaxslu.text.tokenizer import Tokenizer
 
         tok = self.cfg.tokenizer
         texts = [source.text(i) for i in range(len(source))]
         tokenizer = Tokenizer.train(texts, kind=tok.kind, vocab_size=tok.vocab_size,
                                     model_path=scratch / "tokenizer.model")
-        return NluAssets(SentencePieceText(tokenizer), vocab)
+        return self._adopt(NluAssets(SentencePieceText(tokenizer), vocab, context=context))
 
     def save_assets(self, assets: NluAssets, workdir: Path) -> None:
         assets.vocab.save(workdir / "labels.json")
+        if assets.context is not None:
+            assets.context.save(workdir / "context.json")
         if self.pretrained_kind:
             for name in ("tokenizer.json", "encoder_config.json"):
                 tmp = workdir / f".{name}.tmp{os.getpid()}"
@@ -178,11 +214,23 @@ class NluTask(Task):
             raise ValueError(f"task_options.max_tokens={self.max_tokens} exceeds the pretrained "
                              f"encoder's {limit} positions; set max_tokens <= {limit}")
 
+    def _adopt(self, assets: NluAssets | None) -> NluAssets | None:
+        """Remember the context vector's size (collate needs it) from the run's assets."""
+        if assets is not None:
+            if bool(self.context_mode) != (assets.context is not None):
+                raise ValueError(f"task_options.context={self.context_mode!r} but the run's "
+                                 f"assets {'lack' if self.context_mode else 'have'} a context "
+                                 "schema (context.json); use a fresh workdir for a new setting")
+            self.context_dim = assets.context.dim if assets.context is not None else 0
+        return assets
+
     def model_kwargs(self, assets: NluAssets) -> dict[str, Any]:
+        self._adopt(assets)
         return {"vocab_size": assets.tokenizer.vocab_size,
                 "num_intents": len(assets.vocab.intents),
                 "num_domains": len(assets.vocab.domains),
-                "num_slot_tags": len(assets.vocab.tags), "bert_config": assets.bert_config}
+                "num_slot_tags": len(assets.vocab.tags), "bert_config": assets.bert_config,
+                "context_dim": assets.context.dim if assets.context is not None else 0}
 
     def init_params(self, params, assets: NluAssets):
         """A fresh BERT-encoder run starts from the checkpoint's weights (heads at init)."""
@@ -223,6 +271,7 @@ class NluTask(Task):
         return ids, wot, tags
 
     def prepare_fn(self, source, assets: NluAssets, *, train: bool, model=None, objective=None):
+        self._adopt(assets)
         skip = self.cfg.data.skip_bad_examples
 
         def prepare(index: int):
@@ -242,10 +291,20 @@ class NluTask(Task):
             else:
                 intent_id = assets.vocab.intent_id(intent)
                 domain_id = assets.vocab.domain_id((m.get("meta") or {}).get("domain"))
-            return {"tokens": np.asarray(ids, np.int32), "slot_tags": np.asarray(tags, np.int32),
-                    "intent": intent_id, "domain": domain_id, "index": index}
+            row = {"tokens": np.asarray(ids, np.int32), "slot_tags": np.asarray(tags, np.int32),
+                   "intent": intent_id, "domain": domain_id, "index": index}
+            if self.context_mode:
+                row["context"] = self.encode_context(assets, (m.get("meta") or {}).get("context"),
+                                                     f"example {m.get('id', index)!r} of "
+                                                     f"{source!r}")
+            return row
 
         return prepare
+
+    def encode_context(self, assets: NluAssets, ctx, where: str = "context") -> np.ndarray:
+        """The model's context vector for one context record (zeros under "blind")."""
+        vec = assets.context.encode(ctx, where)
+        return np.zeros_like(vec) if self.context_mode == "blind" else vec
 
     def pad_values(self):
         return {"tokens": 0, "slot_tags": IGNORE_TAG}
@@ -262,4 +321,9 @@ class NluTask(Task):
         out["token_lengths"] = np.zeros((batch_size,), np.int32)
         for k, r in enumerate(rows):
             out["token_lengths"][k] = len(r["tokens"])
+        if self.context_dim:
+            out["context"] = np.zeros((batch_size, self.context_dim), np.float32)
+            for k, r in enumerate(rows):
+                if r.get("context") is not None:
+                    out["context"][k] = r["context"]
         return out
