@@ -1,10 +1,11 @@
 """Benchmark: a pretrained recognizer (pocketsphinx) next to jaxslu runs, same audio, same CPU.
 
-    python benchmarks/asr_peers.py --run fsdd=runs/fsdd_demo --run spoken_slurp=runs/spoken_slurp
+    python benchmarks/asr_peers.py --run fsdd=runs/fsdd_demo --run spoken_slurp=runs/spoken_nlu@slurp_test
     python benchmarks/asr_peers.py --run fsdd=runs/colab_quickstart --limit 40 --out /tmp/a.json
 
-Each `--run NAME=WORKDIR` is a trained transducer SLU run (`jaxslu train ... --workdir W`). Its
-config.json names the dataset and its options; the split (`--split`, default test) is opened from
+Each `--run NAME=WORKDIR[@SPLIT]` is a trained transducer SLU run (`jaxslu train ... --workdir W`).
+Its config.json names the dataset and its options; the split (`@SPLIT`, else `--split`, default
+test) is opened from
 that config, so jaxslu and pocketsphinx decode exactly the same examples (`--limit N`: the first N
 of the split, in the source's order; jaxslu's pipeline may drop bad examples only under
 data.skip_bad_examples, and pocketsphinx then gets the same reduced set).
@@ -116,14 +117,19 @@ def digit_accuracy(refs: Sequence[str], hyps: Sequence[str]) -> float:
     return hits / len(refs)
 
 
-def parse_runs(values: Iterable[str]) -> list[tuple[str, Path]]:
-    """`NAME=WORKDIR` pairs; each workdir must hold a run's config.json."""
+def parse_runs(values: Iterable[str], default_split: str = "test"
+               ) -> list[tuple[str, Path, str]]:
+    """`NAME=WORKDIR[@SPLIT]` -> (name, workdir, split); each workdir must hold a run's
+    config.json. Without `@SPLIT` the run is measured on `default_split` (--split)."""
     runs, seen = [], set()
     for v in values:
         name, sep, workdir = v.partition("=")
         name, workdir = name.strip(), workdir.strip()
-        if not sep or not name or not workdir:
-            raise BenchError(f"--run {v!r}: give NAME=WORKDIR, e.g. --run fsdd=runs/fsdd_demo")
+        workdir, at, split = workdir.rpartition("@") if "@" in workdir else (workdir, "", "")
+        split = split.strip() if at else default_split
+        if not sep or not name or not workdir or not split:
+            raise BenchError(f"--run {v!r}: give NAME=WORKDIR or NAME=WORKDIR@SPLIT, e.g. --run "
+                             "fsdd=runs/fsdd_demo or --run slurp=runs/spoken_nlu@slurp_test")
         if name in seen:
             raise BenchError(f"--run {name}=...: the name {name!r} is given twice")
         seen.add(name)
@@ -134,7 +140,7 @@ def parse_runs(values: Iterable[str]) -> list[tuple[str, Path]]:
         if not (path / "config.json").is_file():
             raise BenchError(f"--run {name}={workdir}: {workdir!r} has no config.json; is it a "
                              "workdir written by `jaxslu train`?")
-        runs.append((name, path))
+        runs.append((name, path, split))
     if not runs:
         raise BenchError("no --run NAME=WORKDIR given")
     return runs
@@ -424,10 +430,11 @@ def _summary(entry: dict[str, Any]) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--run", dest="runs", action="append", default=[], metavar="NAME=WORKDIR",
+    ap.add_argument("--run", dest="runs", action="append", default=[],
+                    metavar="NAME=WORKDIR[@SPLIT]",
                     help="a trained transducer SLU run to benchmark (repeatable), e.g. "
-                         "fsdd=runs/fsdd_demo")
-    ap.add_argument("--split", default="test")
+                         "fsdd=runs/fsdd_demo or slurp=runs/spoken_nlu@slurp_test")
+    ap.add_argument("--split", default="test", help="split of the runs that name none")
     ap.add_argument("--limit", type=int, default=None, help="only the first N examples")
     ap.add_argument("--out", default="results/asr_peers.json")
     args = ap.parse_args(argv)
@@ -438,11 +445,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.limit is not None and args.limit < 1:
             raise BenchError(f"--limit {args.limit}: give a positive number of examples")
-        runs = [(name, workdir, open_run_split(name, workdir, args.split, args.limit)[1])
-                for name, workdir in parse_runs(args.runs)]
+        runs = [(name, workdir, split, open_run_split(name, workdir, split, args.limit)[1])
+                for name, workdir, split in parse_runs(args.runs, args.split)]
         peer = Pocketsphinx()
         payload: dict[str, Any] = {
             "benchmark": "asr_peers", "split": args.split, "limit": args.limit,
+            "splits": {name: split for name, _, split, _ in runs},
             "method": {
                 "rtf": "decode wall seconds / audio seconds",
                 "jaxslu": "after a warm-up pass compiling every padded shape: one timed pass "
@@ -455,9 +463,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             "versions": provenance.versions((*provenance.PACKAGES, "pocketsphinx",
                                              "soundfile", "grain")),
             "systems": [], "utterances": []}
-        for name, workdir, source in runs:
-            systems, utterances = bench_dataset(name, workdir, args.split, args.limit, source,
-                                                peer)
+        for name, workdir, split, source in runs:
+            systems, utterances = bench_dataset(name, workdir, split, args.limit, source, peer)
             payload["systems"].extend(systems)
             payload["utterances"].extend(utterances)
             recorder.write(args.out, payload)

@@ -76,7 +76,11 @@ def test_parse_runs_errors(peers, tmp_path):
     with pytest.raises(peers.BenchError, match="has no config.json"):
         peers.parse_runs([f"fsdd={run}"])
     (run / "config.json").write_text("{}")
-    assert peers.parse_runs([f"fsdd={run}"]) == [("fsdd", run)]
+    assert peers.parse_runs([f"fsdd={run}"]) == [("fsdd", run, "test")]
+    assert peers.parse_runs([f"fsdd={run}"], "dev") == [("fsdd", run, "dev")]
+    assert peers.parse_runs([f"s={run}@slurp_test"]) == [("s", run, "slurp_test")]
+    with pytest.raises(peers.BenchError, match="NAME=WORKDIR@SPLIT"):
+        peers.parse_runs([f"s={run}@"])
     with pytest.raises(peers.BenchError, match="does not exist"):
         peers.parse_runs([f"fsdd={tmp_path / 'missing'}"])
     with pytest.raises(peers.BenchError, match="NAME=WORKDIR"):
