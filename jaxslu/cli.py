@@ -117,11 +117,20 @@ def cmd_nlu(args) -> int:
     if run.cfg.task != "nlu":
         raise ValueError(f"{args.workdir} holds a {run.cfg.task!r} run, not an nlu one")
     predictor = NluPredictor(run, load_threshold(args.workdir))
+    context = None
+    if args.context:
+        try:
+            context = json.loads(args.context)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"--context {args.context!r} is not JSON ({e}); give an object such "
+                             "as '{\"device_states\": [\"oven_on\"], \"hour\": 19}'") from e
+        predictor.predict_texts(["check"], context)  # fail before reading any input
     failed = 0
     pending: list[tuple[int, str]] = []
 
     def flush():
-        for (_, _), row in zip(pending, predictor.predict_texts([t for _, t in pending])):
+        for (_, _), row in zip(pending, predictor.predict_texts([t for _, t in pending],
+                                                                 context)):
             print(json.dumps(row), flush=True)
         pending.clear()
 
@@ -302,6 +311,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("nlu", help="domain, intent, slots and in-scope flag for text (JSON lines)")
     p.add_argument("--workdir", required=True)
     p.add_argument("file", nargs="?", default=None, help="one utterance per line (default stdin)")
+    p.add_argument("--context", default=None,
+                   help="context record (JSON) for every line, for a run trained with "
+                        "task_options.context: e.g. '{\"device_states\": [\"oven_on\"], "
+                        "\"device_type\": \"screen\", \"hour\": 19}'")
     p.set_defaults(func=cmd_nlu)
 
     p = sub.add_parser("discover", help="find the new intents (and domains) in text<TAB>label "

@@ -56,9 +56,17 @@ class NluPredictor:
         self.run = run
         self.threshold = threshold
 
-    def predict_texts(self, texts: Sequence[str]) -> list[dict]:
+    def predict_texts(self, texts: Sequence[str], context: dict | None = None) -> list[dict]:
+        """Labels of `texts`; `context` (a context record, jaxslu/context/features.py) applies
+        to every text of a run with a context input (None: unknown context, zeros)."""
         task, assets = self.run.task, self.run.assets
         bs = self.run.cfg.data.eval_batch_size
+        ctx_vec = None
+        if getattr(task, "context_dim", 0):
+            ctx_vec = task.encode_context(assets, context, "--context")
+        elif context:
+            raise ValueError(f"{self.run.workdir} was trained without a context input "
+                             "(task_options.context); drop --context")
         out_rows: list[dict] = []
         for start in range(0, len(texts), bs):
             chunk = texts[start:start + bs]
@@ -67,7 +75,7 @@ class NluPredictor:
                 ids, wot, tags = task.encode(assets, t)
                 rows.append({"tokens": np.asarray(ids, np.int32),
                              "slot_tags": np.asarray(tags, np.int32), "intent": -1,
-                             "domain": -1, "index": start + k})
+                             "domain": -1, "index": start + k, "context": ctx_vec})
                 wots.append(wot)
             batch = task.collate(rows, bs)
             out, _, _ = self.run.apply(_predict, batch)

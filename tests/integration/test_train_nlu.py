@@ -159,3 +159,22 @@ def test_context_input_trains_and_reaches_the_intent_head(tmp_path):
     logits, _, _ = run.apply(lambda m, b: m(b, train=False)["intent_logits"], batch)
     assert np.abs(np.asarray(logits[0]) - np.asarray(logits[1])).max() > 1e-4
 
+    from jaxslu.context import ContextError
+    from jaxslu.nlu.evaluate import NluPredictor
+
+    pred = NluPredictor(run)
+    rows = pred.predict_texts(["what is the temperature"] * 2, {"device_states": ["oven_on"]})
+    assert rows[0]["intent"] in assets.vocab.intents and rows[0] == rows[1]
+    with pytest.raises(ContextError, match="--context: hour"):
+        pred.predict_texts(["stop"], {"hour": 99})
+    f = tmp_path / "lines.txt"
+    f.write_text("stop\n")
+    ok = subprocess.run([sys.executable, "-m", "jaxslu.cli", "nlu", "--workdir",
+                         str(tmp_path / "ctx"), "--context", '{"device_states": ["tv_on"]}',
+                         str(f)], capture_output=True, text=True, timeout=300)
+    assert ok.returncode == 0, ok.stderr
+    assert json.loads(ok.stdout.splitlines()[0])["intent"] in assets.vocab.intents
+    bad = subprocess.run([sys.executable, "-m", "jaxslu.cli", "nlu", "--workdir",
+                          str(tmp_path / "ctx"), "--context", "{oven", str(f)],
+                         capture_output=True, text=True, timeout=300)
+    assert bad.returncode != 0 and "is not JSON" in bad.stderr and not bad.stdout
