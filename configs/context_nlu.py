@@ -3,8 +3,9 @@ the user's recent domain beside the text (jaxslu/context, docs/context.md).
 
 Data: `context_nlu` = the SLURP-style NLU mix (HWU64 train + SLURP devel's train part) with a
 random context per example, plus seven families of context-dependent ambiguous requests ("what
-is the temperature": the oven while it is on, the weather otherwise), trained on four
-paraphrases per family and tested on two others (`ambiguous_test`).
+is the temperature": the oven while it is on, the weather otherwise), 120 examples of each of
+four paraphrases per family in training (about a quarter of the training set); tested on those
+paraphrases in new contexts (`ambiguous_seen`) and on two other paraphrases (`ambiguous_test`).
 
     python scripts/context_experiment.py            # both variants, results/context.json
     jaxslu train --config configs/context_nlu.py --workdir runs/context/with_context --eval
@@ -35,9 +36,10 @@ def get_config(variant: str = "default") -> ExperimentConfig:
                         pooling="mean", head_dropout=0.1),
         loss="intent_ce + 0.5*domain_ce + slot_ce",
         loss_options={"intent_ce": {"label_smoothing": 0.1}},
-        data=DataConfig(dataset="context_nlu", options={"per_phrase": 40, "test_per_phrase": 30,
+        data=DataConfig(dataset="context_nlu", options={"per_phrase": 120, "test_per_phrase": 30,
                                                         "seed": 0},
-                        train_split="train", eval_splits=("ambiguous_test", "slurp_test"),
+                        train_split="train",
+                        eval_splits=("ambiguous_seen", "ambiguous_test", "slurp_test"),
                         batch_size=32, eval_batch_size=128, label_buckets=(16, 24, 32, 48)),
         tokenizer=TokenizerConfig(kind="unigram", vocab_size=2000),
         optim=OptimConfig(learning_rate=1e-3, warmup_steps=200, weight_decay=0.05),

@@ -4,15 +4,18 @@
     python scripts/context_experiment.py --variant-suffix tiny --root /tmp/ctx --out /tmp/c.json
 
 Trains (or resumes) configs/context_nlu.py's "with_context" and "without_context" variants in
-`<root>/<kind>` (default runs/context), evaluates both on `ambiguous_test` (the context-dependent
-requests, paraphrases never seen in training) and `slurp_test` (ordinary requests, whose random
-context carries no information), and writes `results/context.json`:
+`<root>/<kind>` (default runs/context), evaluates both on `ambiguous_seen` (the
+context-dependent requests in their training phrasings, in new contexts), `ambiguous_test`
+(phrasings never seen in training) and `slurp_test` (ordinary requests, whose random context
+carries no information), and writes `results/context.json`:
 
-    {"runs": [{"kind": "with_context" | "without_context", "accuracy", "slurp_test_accuracy",
+    {"runs": [{"kind": "with_context" | "without_context", "accuracy",
+               "accuracy_unseen_phrasing", "slurp_test_accuracy",
                "per_family": {family: accuracy}, ...}],
-     "majority_baseline": the accuracy of each test phrase's most frequent reading}
+     "majority_baseline": the accuracy of each phrase's most frequent reading (ambiguous_seen)}
 
-`accuracy` is the intent accuracy on ambiguous_test. The generated table in docs/context.md is
+`accuracy` is the intent accuracy on ambiguous_seen, `accuracy_unseen_phrasing` on
+ambiguous_test. The generated table in docs/context.md is
 rewritten from the JSON (`--render` only rewrites it).
 """
 from __future__ import annotations
@@ -35,17 +38,20 @@ def _pct(x) -> str:
 
 def render(d: dict) -> str:
     fams = sorted({f for r in d["runs"] for f in r["per_family"]})
-    lines = ["| kind | ambiguous requests: intent acc. % | " + " | ".join(fams) +
-             " | ordinary requests (slurp_test) % |",
-             "|---|---|" + "---|" * len(fams) + "---|"]
+    lines = ["| kind | ambiguous, new contexts % | " + " | ".join(fams) +
+             " | ambiguous, new phrasings % | ordinary requests (slurp_test) % |",
+             "|---|---|" + "---|" * len(fams) + "---|---|"]
     for r in d["runs"]:
         lines.append(f"| {r['kind']} | {_pct(r['accuracy'])} | " +
                      " | ".join(_pct(r["per_family"].get(f)) for f in fams) +
-                     f" | {_pct(r['slurp_test_accuracy'])} |")
-    lines += ["", f"{d['num_ambiguous_test']} ambiguous test requests (paraphrases never seen in "
-              f"training), {d['num_slurp_test']} ordinary ones. A model that ignores the context "
-              f"can at best answer each paraphrase's most frequent reading: "
-              f"{_pct(d['majority_baseline'])}%. Steps: " +
+                     f" | {_pct(r['accuracy_unseen_phrasing'])} | "
+                     f"{_pct(r['slurp_test_accuracy'])} |")
+    lines += ["", f"Intent accuracy. {d['num_ambiguous_seen']} ambiguous requests in their "
+              f"training phrasings and new contexts (per family in the middle columns), "
+              f"{d['num_ambiguous_test']} in phrasings never seen in training, "
+              f"{d['num_slurp_test']} ordinary requests. A model that ignores the context can at "
+              f"best answer each phrase's most frequent reading: "
+              f"{_pct(d['majority_baseline'])}% on the first set. Steps: " +
               ", ".join(f"{r['kind']} {r['step']}" for r in d["runs"]) +
               f". Command `{d.get('command')}`, commit {d.get('commit')}."]
     return "\n".join(lines)
@@ -58,9 +64,9 @@ def write_doc(d: dict) -> None:
                             "<!-- END context (generated) -->", render(d))
 
 
-def per_family(workdir: Path) -> tuple[dict[str, float], list[dict]]:
+def per_family(workdir: Path, split: str = "ambiguous_seen") -> tuple[dict[str, float], list[dict]]:
     recs = [json.loads(x) for x in
-            (workdir / "predictions_ambiguous_test.jsonl").read_text().splitlines() if x.strip()]
+            (workdir / f"predictions_{split}.jsonl").read_text().splitlines() if x.strip()]
     by = collections.defaultdict(list)
     for r in recs:
         by[r["meta"]["family"]].append(r["intent_hyp"] == r["intent_ref"])
@@ -94,7 +100,7 @@ def main(argv=None) -> int:
                         datefmt="%H:%M:%S")
     cli._enable_compilation_cache()
     rec = Recorder(sys.argv if argv is None else ["scripts/context_experiment.py", *argv])
-    runs, baseline, n_amb, n_slurp = [], None, 0, 0
+    runs, baseline, n_seen, n_amb, n_slurp = [], None, 0, 0, 0
     for kind in KINDS:
         variant = f"{args.variant_suffix}_{kind}" if args.variant_suffix else kind
         if args.variant_suffix and kind == "with_context":
@@ -106,19 +112,23 @@ def main(argv=None) -> int:
         fam, recs = per_family(workdir)
         baseline = majority_baseline([{"text": r["text"], "intent": r["intent_ref"]}
                                       for r in recs])
+        n_seen = reports["ambiguous_seen"]["num_examples"]
         n_amb, n_slurp = reports["ambiguous_test"]["num_examples"], reports["slurp_test"][
             "num_examples"]
         runs.append({"kind": kind, "variant": variant, "workdir": str(workdir),
                      "step": int(result.state.step),
-                     "accuracy": reports["ambiguous_test"]["intent_accuracy"],
+                     "accuracy": reports["ambiguous_seen"]["intent_accuracy"],
+                     "accuracy_unseen_phrasing": reports["ambiguous_test"]["intent_accuracy"],
                      "slurp_test_accuracy": reports["slurp_test"]["intent_accuracy"],
                      "slurp_test_slot_f1": reports["slurp_test"].get("slot_f1"),
                      "per_family": fam,
+                     "per_family_unseen_phrasing": per_family(workdir, "ambiguous_test")[0],
                      "context_mode": cfg.task_options["context"]})
         print(kind, {k: runs[-1][k] for k in ("accuracy", "slurp_test_accuracy")}, flush=True)
     payload = {"experiment": "context_nlu", "config": "configs/context_nlu.py",
                "overrides": args.overrides, "runs": runs, "majority_baseline": baseline,
-               "num_ambiguous_test": n_amb, "num_slurp_test": n_slurp}
+               "num_ambiguous_seen": n_seen, "num_ambiguous_test": n_amb,
+               "num_slurp_test": n_slurp}
     out = rec.write(args.out, payload)
     if not args.no_doc:
         write_doc(json.loads(out.read_text()))

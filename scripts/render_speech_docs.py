@@ -1,5 +1,7 @@
-"""Tables of docs/speech_robustness.md from results JSON: the cascade-vs-E2E comparison
-(results/slu_cascade_vs_e2e.json) and the ASR peers (results/asr_peers.json); the
+"""Tables of docs/speech_robustness.md from results JSON: the spoken SLU model at scale
+(results/spoken_slurp_report.json, results/spoken_nlu_hwu64_test_report.json), the
+cascade-vs-E2E comparisons (results/slu_cascade_vs_e2e*.json) and the ASR peers
+(results/asr_peers.json); the
 leave-one-speaker-out table is rendered by `scripts/fsdd_loso.py --render`.
 
     python scripts/render_speech_docs.py
@@ -54,10 +56,42 @@ def peers_table(d: dict) -> str:
     return "\n".join(lines)
 
 
+def spoken_table(reports: dict[str, dict]) -> str:
+    lines = ["| split | utterances | WER % | CER % | intent acc. % | SLU-F1 % | step |",
+             "|---|---|---|---|---|---|---|"]
+    for path, r in reports.items():
+        lines.append(f"| {r['split']} (`{path}`) | {r['num_examples']} | {_pct(r['wer'])} | "
+                     f"{_pct(r.get('cer'))} | {_pct(r['intent_accuracy'])} | "
+                     f"{_pct(r['slu_f1'])} | {r['step']} |")
+    first = next(iter(reports.values()))
+    lines += ["", "Per accent of the unseen test speakers (" +
+              ", ".join(f"`{r['split']}`" for r in reports.values()) + "):", "",
+              "| accent | " + " | ".join(f"{r['split']}: WER % / intent % / SLU-F1 %"
+                                        for r in reports.values()) + " |",
+              "|---|" + "---|" * len(reports)]
+    for accent in sorted(first.get("per_accent", {})):
+        cells = []
+        for r in reports.values():
+            a = r.get("per_accent", {}).get(accent, {})
+            cells.append(f"{_pct(a.get('wer'))} / {_pct(a.get('intent_accuracy'))} / "
+                         f"{_pct(a.get('slu_f1'))}")
+        lines.append(f"| {accent} | " + " | ".join(cells) + " |")
+    lines += ["", f"Command `{first.get('command')}`."]
+    return "\n".join(lines)
+
+
 def main() -> int:
     from jaxslu.provenance import replace_generated_block
 
-    for name, fn in (("slu_cascade_vs_e2e", cascade_table), ("asr_peers", peers_table)):
+    spoken = {p: json.loads((ROOT / p).read_text())
+              for p in ("results/spoken_slurp_report.json",
+                        "results/spoken_nlu_hwu64_test_report.json") if (ROOT / p).is_file()}
+    if spoken and all(r.get("experiment") == "spoken_nlu" for r in spoken.values()):
+        replace_generated_block(DOC, "<!-- BEGIN spoken_nlu (generated) -->",
+                                "<!-- END spoken_nlu (generated) -->", spoken_table(spoken))
+    for name, fn in (("slu_cascade_vs_e2e", cascade_table),
+                     ("slu_cascade_vs_e2e_hwu64_test", cascade_table),
+                     ("asr_peers", peers_table)):
         path = ROOT / "results" / f"{name}.json"
         if path.is_file():
             replace_generated_block(DOC, f"<!-- BEGIN {name} (generated) -->",

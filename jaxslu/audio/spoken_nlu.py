@@ -253,6 +253,11 @@ def render(u: dict[str, Any], synth: Callable[..., np.ndarray] = synthesize) -> 
         x = reverberate(x, synthetic_rir(rir_rng, u["sample_rate"], u["rt60"], u["drr_db"]))
     if u["snr_db"] is not None:
         x = add_noise(x, coloured_noise(noise_rng, x.size, u["noise_beta"]), u["snr_db"])
+    return peak_safe(x)
+
+
+def peak_safe(x: np.ndarray) -> np.ndarray:
+    """float32 `x`, scaled to peak 0.99 when its peak exceeds 1 (never clipped)."""
     peak = float(np.max(np.abs(x))) if x.size else 0.0
     if peak > 1.0:
         x = x * (0.99 / peak)

@@ -11,8 +11,10 @@ The dataset `context_nlu` (every example carries `meta["context"]`):
   * train: `slurp_nlu` train (HWU64 train + SLURP devel's train part) plus, per family, its first
     four paraphrases (the train phrases) in `per_phrase` contexts each;
   * dev: `slurp_nlu` dev plus the train phrases in fresh contexts;
+  * ambiguous_seen: the train phrases in `test_per_phrase` fresh contexts each (the phrasing
+    is known, the context combination is new: does the model read the context?);
   * ambiguous_test: the last two paraphrases of every family (never seen in training) in
-    `test_per_phrase` contexts each;
+    `test_per_phrase` contexts each (does the model also recognize a new phrasing?);
   * slurp_test, hwu64_test: as in `slurp_nlu`, each with a random context.
 The SLURP / HWU64 examples get a context drawn at random: there it carries no information, and a
 model must learn to ignore it. Examples whose text is one of the families' paraphrases are
@@ -39,7 +41,7 @@ DEVICE_TYPES = ("car", "screen", "speaker")
 RECENT_DOMAINS = ("calendar", "cooking", "music", "news", "weather")
 STATE_PROB = 0.25
 TRAIN_PHRASES = 4  # of each family's six: the rest are the test phrases
-SPLITS = ("train", "dev", "ambiguous_test", "slurp_test", "hwu64_test")
+SPLITS = ("train", "dev", "ambiguous_seen", "ambiguous_test", "slurp_test", "hwu64_test")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -185,7 +187,7 @@ def _with_random_context(source: ExampleSource, seed: int, part: str) -> list[di
 
 
 @DATASETS.register("context_nlu")
-def context_nlu(split: str = "train", *, per_phrase: int = 40, test_per_phrase: int = 30,
+def context_nlu(split: str = "train", *, per_phrase: int = 120, test_per_phrase: int = 30,
                 seed: int = 0, hwu64_path: str = "") -> ExampleSource:
     """The context benchmark (see the module docstring); several splits joined with '+'."""
     from jaxslu.nlu.data import slurp_nlu
@@ -203,6 +205,8 @@ def context_nlu(split: str = "train", *, per_phrase: int = 40, test_per_phrase: 
             records += _with_random_context(slurp_nlu("dev", hwu64_path=hwu64_path),
                                             seed, part)
             records += ambiguous_records("train", max(1, per_phrase // 4), seed, part)
+        elif part == "ambiguous_seen":
+            records += ambiguous_records("train", test_per_phrase, seed, part)
         elif part == "ambiguous_test":
             records += ambiguous_records("test", test_per_phrase, seed, part)
         elif part in ("slurp_test", "hwu64_test"):

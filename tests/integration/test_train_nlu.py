@@ -145,6 +145,7 @@ def test_context_input_trains_and_reaches_the_intent_head(tmp_path):
     assert np.abs(np.asarray(flat["fuse_out/kernel"])).max() > 0
     reports = evaluate_workdir(tmp_path / "ctx")
     assert reports["ambiguous_test"]["num_examples"] == 7 * 2 * 4
+    assert reports["ambiguous_seen"]["num_examples"] == 7 * 4 * 4
     recs = [json.loads(x) for x in
             (tmp_path / "ctx" / "predictions_ambiguous_test.jsonl").read_text().splitlines()]
     assert all("context" in r["meta"] for r in recs)

@@ -89,6 +89,9 @@ def test_dataset_is_deterministic_with_disjoint_phrases():
     assert a == b and a != c
     train = D.ambiguous_records("train", 5, seed=3, part="train")
     assert not {r["text"] for r in train} & {r["text"] for r in a}
+    seen = D.ambiguous_records("train", 5, seed=3, part="ambiguous_seen")
+    assert {r["text"] for r in seen} == {r["text"] for r in train}
+    assert [r["meta"]["context"] for r in seen] != [r["meta"]["context"] for r in train]
     for r in a + train:
         fam = next(f for f in D.FAMILIES if f.name == r["meta"]["family"])
         assert fam.rule(r["meta"]["context"]) == r["intent"]
