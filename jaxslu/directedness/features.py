@@ -20,6 +20,7 @@ classifiers standardize with; a column that is constant in training keeps scale 
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from pathlib import Path
@@ -76,12 +77,16 @@ def _acoustic_and_decode(model, batch, *, max_symbols_per_frame: int):
     return out
 
 
+@functools.lru_cache(maxsize=None)
+def _feature_fn(max_symbols_per_frame: int):
+    """One function object per setting, so LoadedRun.compiled compiles each shape once for all
+    splits."""
+    return functools.partial(_acoustic_and_decode, max_symbols_per_frame=max_symbols_per_frame)
+
+
 def split_features(run, source, nlu_predictor=None) -> dict[str, Any]:
     """Features of every example of `source` (an audio source of the directedness manifest)."""
-    import functools
-
-    fn = functools.partial(_acoustic_and_decode,
-                           max_symbols_per_frame=run.cfg.eval.max_symbols_per_frame)
+    fn = _feature_fn(run.cfg.eval.max_symbols_per_frame)
     tok = run.assets.tokenizer
     sr = run.cfg.frontend.sample_rate
     rows: dict[int, dict[str, Any]] = {}
