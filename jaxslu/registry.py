@@ -74,7 +74,7 @@ class Registry(Generic[T]):
 # Task families register their tasks, models, loss terms, sources and evaluators when imported.
 FAMILIES = ("jaxslu.slu", "jaxslu.nlu", "jaxslu.discovery", "jaxslu.personalization",
             "jaxslu.recommendation", "jaxslu.selflearn", "jaxslu.fairness", "jaxslu.context",
-            "jaxslu.directedness")
+            "jaxslu.directedness", "jaxslu.multiparty")
 
 TASKS: Registry[Any] = Registry("task", providers=FAMILIES)
 EVALUATORS: Registry[Any] = Registry("evaluator", providers=FAMILIES)

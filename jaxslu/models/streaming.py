@@ -206,29 +206,31 @@ class StreamingTransducer(Transducer):
         of the whole utterance (up to float rounding).
         """
         enc = self.cfg.encoder
-        s = enc.subsampling
-        b, length, _ = feats.shape
-        steps = length // s
-        total = state["feat_frames"] + num_valid.astype(jnp.int32)
-        enc_total = -(-total // s)
-        enc_offset = state["offset"] // s
-        valid = (enc_offset + jnp.arange(steps))[None, :] < enc_total[:, None]
+        length = feats.shape[1]
+        steps, total, enc_total, enc_offset, valid = chunk_positions(state, num_valid, length,
+                                                                     enc.subsampling)
         new: StreamState = {"feat_frames": total, "offset": state["offset"] + length}
         if enc.kind == "convrnnt":
             x, new["front"] = self.subsampling.forward(feats, valid, state["front"])
             count = jnp.clip(enc_total - enc_offset, 0, steps)
-            lstm_states = []
-            for norm, lstm, st in zip(self.encoder.norms, self.encoder.lstms, state["lstm"]):
-                y, st = lstm(norm(x), count, initial_state=st)
-                x = x + y
-                lstm_states.append(st)
-            x = self.encoder.final_norm(x)
-            new["lstm"] = tuple(lstm_states)
+            x, new["lstm"] = self.encoder.stream(x, count, state["lstm"])
         else:
             x, new["front"] = self._subsample_chunk(feats, total, state["offset"], state["front"])
             x, new["attn"] = self.encoder.step(x, enc_offset, valid, state["attn"])
         out = self.encoder_proj(x)
         return jnp.where(valid[..., None], out, 0.0), valid, new
+
+
+def chunk_positions(state: StreamState, num_valid: jax.Array, length: int, subsampling: int):
+    """Bookkeeping of a streamed chunk of `length` feature frames: (encoder steps in it, feature
+    frames seen so far [B], encoder frames so far [B], encoder offset of the chunk, valid
+    [B, steps] encoder frames)."""
+    steps = length // subsampling
+    total = state["feat_frames"] + num_valid.astype(jnp.int32)
+    enc_total = -(-total // subsampling)
+    enc_offset = state["offset"] // subsampling
+    valid = (enc_offset + jnp.arange(steps))[None, :] < enc_total[:, None]
+    return steps, total, enc_total, enc_offset, valid
 
 
 def encoder_param_count(model: Transducer) -> int:

@@ -140,6 +140,16 @@ class LSTMEncoder(nnx.Module):
             x = x + dropout(y, self.dropout_rate, train=train, rngs=rngs)
         return self.final_norm(x)
 
+    def stream(self, x, count, states):
+        """One chunk with carried LSTM states (inference): x [B, L, D], `count` [B] valid frames
+        in it -> (output [B, L, D], new states); chunks concatenated = `__call__`."""
+        new = []
+        for norm, lstm, st in zip(self.norms, self.lstms, states):
+            y, st = lstm(norm(x), count, initial_state=st)
+            x = x + y
+            new.append(st)
+        return self.final_norm(x), tuple(new)
+
 
 class Predictor(nnx.Module):
     """Prediction network: Embed(blank-prefixed labels) -> LSTM layers -> Dense to J."""
