@@ -60,7 +60,8 @@ def render(d: dict) -> str:
     lines += ["", f"Test: {d['runs'][0]['num_examples']} meetings mixed from FSDD test recordings "
               f"({d['overlapped_meetings']} with overlapped speech). {versus}Each "
               f"model trained {d['runs'][0]['step']} steps"
-              + (f" after a warm start from `{d['runs'][0]['init_from']}`"
+              + (f" after a warm start from its run in "
+                 f"`{Path(d['runs'][0]['init_from']).parent}`"
                  if d['runs'][0].get('init_from') else "")
               + f" ({', '.join(str(round(r['train_seconds'] or 0)) + ' s' for r in d['runs'])} "
               f"of training on this machine). Command `{d.get('command')}`, "
