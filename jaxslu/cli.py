@@ -422,6 +422,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def start_experiment(script: str, argv=None):
+    """Common start of an experiment script (scripts/*_experiment.py): INFO logging, the
+    compilation cache, and a provenance Recorder of the command line (`argv` None: sys.argv)."""
+    import logging
+    import sys
+
+    from jaxslu.provenance import Recorder
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s",
+                        datefmt="%H:%M:%S")
+    _enable_compilation_cache()
+    return Recorder(sys.argv if argv is None else [script, *argv])
+
+
 def _enable_compilation_cache() -> None:
     """Reuse compiled XLA programs across runs (train, eval, transcribe compile the same ones);
     set JAXSLU_COMPILATION_CACHE=0 to disable, or to a folder to choose where."""

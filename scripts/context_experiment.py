@@ -87,19 +87,13 @@ def main(argv=None) -> int:
         print(DOC)
         return 0
 
-    import logging
-
     from jaxslu import cli
     from jaxslu.config import load_config
     from jaxslu.context.data import majority_baseline
     from jaxslu.eval import evaluate_workdir
-    from jaxslu.provenance import Recorder
     from jaxslu.train.loop import train
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s",
-                        datefmt="%H:%M:%S")
-    cli._enable_compilation_cache()
-    rec = Recorder(sys.argv if argv is None else ["scripts/context_experiment.py", *argv])
+    rec = cli.start_experiment("scripts/context_experiment.py", argv)
     runs, baseline, n_seen, n_amb, n_slurp = [], None, 0, 0, 0
     for kind in KINDS:
         variant = f"{args.variant_suffix}_{kind}" if args.variant_suffix else kind

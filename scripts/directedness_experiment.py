@@ -81,21 +81,15 @@ def main(argv=None) -> int:
     if not args.e2e:
         p.error("--e2e is required (a trained E2E SLU run)")
 
-    import logging
-
     from jaxslu import cli
     from jaxslu.audio.spoken_nlu import spoken_nlu_manifest
     from jaxslu.config import load_config, read_config
     from jaxslu.directedness.corpus import build_directedness
     from jaxslu.directedness.features import extract_features
     from jaxslu.eval import evaluate_workdir
-    from jaxslu.provenance import Recorder
     from jaxslu.train.loop import train
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s",
-                        datefmt="%H:%M:%S")
-    cli._enable_compilation_cache()
-    rec = Recorder(sys.argv if argv is None else ["scripts/directedness_experiment.py", *argv])
+    rec = cli.start_experiment("scripts/directedness_experiment.py", argv)
     e2e_cfg = read_config(Path(args.e2e) / "config.json")
     if e2e_cfg.data.dataset != "spoken_nlu":
         raise SystemExit(f"--e2e {args.e2e}: trained on {e2e_cfg.data.dataset!r}; the directed "

@@ -24,6 +24,7 @@ Rates (wer, orc_wer, turn_count_accuracy) are fractions, latencies milliseconds.
 """
 from __future__ import annotations
 
+import functools
 import itertools
 from typing import Any, Sequence
 
@@ -94,6 +95,21 @@ def offline_decode(model, audio, audio_lengths, *, max_symbols_per_frame: int = 
     return (tokens.reshape(b, c, -1), frames.reshape(b, c, -1), lens.reshape(b, c))
 
 
+@functools.partial(jax.jit, static_argnums=(0,),
+                   static_argnames=("max_symbols_per_frame", "max_len"))
+def _stream_step(graphdef, params, chunk, num_valid, enc_state, pred, pstate, offset, *,
+                 max_symbols_per_frame: int, max_len: int):
+    """One chunk: encode it with the carried encoder state, continue the greedy search. Jitted
+    once per model structure and chunk shape (every chunk of every mixture reuses it)."""
+    m = nnx.merge(graphdef, params)
+    enc, valid, enc_state = m.encode_chunk(chunk, num_valid, enc_state)
+    b, c, steps, _ = enc.shape
+    out = greedy_timed(m, enc.reshape(b * c, steps, -1), jnp.repeat(valid, c, axis=0), pred,
+                       pstate, frame_offset=offset, max_symbols_per_frame=max_symbols_per_frame,
+                       max_len=max_len)
+    return out, enc_state
+
+
 def stream_decode(model, audio: np.ndarray, audio_lengths: np.ndarray, *, chunk_frames: int = 16,
                   max_symbols_per_frame: int = 3, chunk_max_len: int | None = None):
     """Decode mixtures chunk by chunk (log-mel features of the whole mixture split into chunks of
@@ -119,21 +135,12 @@ def stream_decode(model, audio: np.ndarray, audio_lengths: np.ndarray, *, chunk_
     out_t, out_f = [[[] for _ in range(c)] for _ in range(b)], [[[] for _ in range(c)]
                                                               for _ in range(b)]
     graphdef, params = nnx.split(model)
-
-    @jax.jit
-    def step(params, chunk, num_valid, enc_state, pred, pstate, offset):
-        m = nnx.merge(graphdef, params)
-        enc, valid, enc_state = m.encode_chunk(chunk, num_valid, enc_state)
-        out = greedy_timed(m, enc.reshape(b * c, steps, -1), jnp.repeat(valid, c, axis=0), pred,
-                           pstate, frame_offset=offset,
-                           max_symbols_per_frame=max_symbols_per_frame, max_len=max_len)
-        return out, enc_state
-
     for k in range(feats.shape[1] // chunk_frames):
         chunk = feats[:, k * chunk_frames:(k + 1) * chunk_frames]
         num_valid = jnp.clip(flen - k * chunk_frames, 0, chunk_frames)
-        (tokens, frames, lens, pred, pstate), enc_state = step(
-            params, chunk, num_valid, enc_state, pred, pstate, jnp.int32(k * steps))
+        (tokens, frames, lens, pred, pstate), enc_state = _stream_step(
+            graphdef, params, chunk, num_valid, enc_state, pred, pstate, jnp.int32(k * steps),
+            max_symbols_per_frame=max_symbols_per_frame, max_len=max_len)
         tokens, frames, lens = (np.asarray(x) for x in (tokens, frames, lens))
         for r in range(b * c):
             out_t[r // c][r % c].extend(tokens[r, : lens[r]].tolist())

@@ -57,7 +57,7 @@ class SurtConfig(TransducerConfig):
 @MODELS.register("surt", config=SurtConfig)
 class Surt(Transducer):
     def __init__(self, cfg: SurtConfig, *, frontend_cfg: FrontendConfig, vocab_size: int,
-                 rngs: nnx.Rngs, **unused):
+                 rngs: nnx.Rngs):
         super().__init__(cfg, frontend_cfg=frontend_cfg, vocab_size=vocab_size, rngs=rngs)
         d = cfg.encoder.dim
         self.sep_norms = nnx.List([LayerNorm(d, rngs=rngs) for _ in range(cfg.separator_layers)])

@@ -157,13 +157,12 @@ class MultipartyTask(Task):
                 return bad(f"meeting {ex['id']!r} is {len(audio) / sr:.2f} s, longer than the "
                            f"largest bucket ({max(self.cfg.data.bucket_seconds)} s); add a larger "
                            "data.bucket_seconds or lower the meeting options")
-            _, tokens, eot_turn = channel_references(ex["turns"], channels, assets)
+            assign, tokens, eot_turn = channel_references(ex["turns"], channels, assets)
             if max(len(t) for t in tokens) > max_tokens:
                 return bad(f"meeting {ex['id']!r} has a channel of {max(len(t) for t in tokens)} "
                            f"tokens, more than data.label_buckets allow ({max_tokens})")
             t_enc = self.encoder_frames(len(audio))
             centers = (np.arange(t_enc) + 0.5) * fs
-            assign = assign_channels(ex["turns"], channels)
             activity = np.zeros((channels, t_enc), np.float32)
             for turn, c in zip(ex["turns"], assign):
                 activity[c] = np.maximum(activity[c], (centers >= turn["start"])

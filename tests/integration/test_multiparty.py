@@ -6,25 +6,16 @@ run it through the loss terms and the metrics); its training is left to the full
 keep CI short."""
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 import jax
 
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def _script():
-    spec = importlib.util.spec_from_file_location("multiparty_experiment",
-                                                  ROOT / "scripts" / "multiparty_experiment.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+from tests.script_loader import load_script
 
 
 def test_multiparty_experiment_tiny(tmp_path):
-    mod = _script()
+    mod = load_script("scripts/multiparty_experiment.py")
     out = tmp_path / "multiparty.json"
     rc = mod.main(["--root", str(tmp_path / "runs"), "--variant-prefix", "tiny_",
                    "--set", "train.steps=80", "--set", "train.log_every=10",

@@ -1,21 +1,15 @@
 """scripts/amortized_experiment.py: the run plan (warm-started Transformer variants, equal step
 budgets) and the results it writes (the issue's JSON fields, relative compute and WER)."""
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.script_loader import load_script
 
 
 @pytest.fixture(scope="module")
 def exp():
-    spec = importlib.util.spec_from_file_location("amortized_experiment",
-                                                  ROOT / "scripts" / "amortized_experiment.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("scripts/amortized_experiment.py")
 
 
 def _steps(spec):
