@@ -1,7 +1,13 @@
-"""Context as input: the same NLU model trained with and without the context, on the same data.
+"""Context as input: the same model trained with and without the context, on the same data.
 
     python scripts/context_experiment.py                    # results/context.json, docs/context.md
+    python scripts/context_experiment.py --model e2e        # results/context_slu.json (spoken)
     python scripts/context_experiment.py --variant-suffix tiny --root /tmp/ctx --out /tmp/c.json
+
+`--model nlu` (default): the text NLU model, configs/context_nlu.py. `--model e2e`: the
+end-to-end SLU transducer on the spoken benchmark (configs/context_slu.py, workdirs
+runs/context_slu/<kind>); its ordinary requests are the split `ordinary_test`, and its runs also
+record the word error rate of each test split.
 
 Trains (or resumes) configs/context_nlu.py's "with_context" and "without_context" variants in
 `<root>/<kind>` (default runs/context), evaluates both on `ambiguous_seen` (the
@@ -30,6 +36,11 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 DOC = ROOT / "docs" / "context.md"
 KINDS = ("with_context", "without_context")
+MODELS = {  # --model: config, default workdir root, results file, ordinary split, docs block
+    "nlu": ("context_nlu.py", "runs/context", "context.json", "slurp_test", "context"),
+    "e2e": ("context_slu.py", "runs/context_slu", "context_slu.json", "ordinary_test",
+            "context_slu"),
+}
 
 
 def _pct(x) -> str:
@@ -38,18 +49,27 @@ def _pct(x) -> str:
 
 def render(d: dict) -> str:
     fams = sorted({f for r in d["runs"] for f in r["per_family"]})
+    ordinary = d.get("ordinary_split", "slurp_test")
+    wer = any(r.get("wer") for r in d["runs"])
     lines = ["| kind | ambiguous, new contexts % | " + " | ".join(fams) +
-             " | ambiguous, new phrasings % | ordinary requests (slurp_test) % |",
-             "|---|---|" + "---|" * len(fams) + "---|---|"]
+             f" | ambiguous, new phrasings % | ordinary requests ({ordinary}) % |" +
+             (" WER % (new contexts / new phrasings / ordinary) |" if wer else ""),
+             "|---|---|" + "---|" * len(fams) + "---|---|" + ("---|" if wer else "")]
     for r in d["runs"]:
-        lines.append(f"| {r['kind']} | {_pct(r['accuracy'])} | " +
-                     " | ".join(_pct(r["per_family"].get(f)) for f in fams) +
-                     f" | {_pct(r['accuracy_unseen_phrasing'])} | "
-                     f"{_pct(r['slurp_test_accuracy'])} |")
+        row = (f"| {r['kind']} | {_pct(r['accuracy'])} | " +
+               " | ".join(_pct(r["per_family"].get(f)) for f in fams) +
+               f" | {_pct(r['accuracy_unseen_phrasing'])} | "
+               f"{_pct(r.get('ordinary_accuracy', r.get('slurp_test_accuracy')))} |")
+        if wer:
+            row += " " + " / ".join(_pct(r["wer"].get(k)) for k in (
+                "ambiguous_seen", "ambiguous_test", ordinary)) + " |"
+        lines.append(row)
     lines += ["", f"Intent accuracy. {d['num_ambiguous_seen']} ambiguous requests in their "
               f"training phrasings and new contexts (per family in the middle columns), "
               f"{d['num_ambiguous_test']} in phrasings never seen in training, "
-              f"{d['num_slurp_test']} ordinary requests. A model that ignores the context can at "
+              f"{d['num_slurp_test']} ordinary requests"
+              + (", every one spoken by a speaker never heard in training" if wer else "") +
+              ". A model that ignores the context can at "
               f"best answer each phrase's most frequent reading: "
               f"{_pct(d['majority_baseline'])}% on the first set. Steps: " +
               ", ".join(f"{r['kind']} {r['step']}" for r in d["runs"]) +
@@ -57,11 +77,19 @@ def render(d: dict) -> str:
     return "\n".join(lines)
 
 
-def write_doc(d: dict) -> None:
+def write_doc(d: dict, block: str = "context") -> None:
     from jaxslu.provenance import replace_generated_block
 
-    replace_generated_block(DOC, "<!-- BEGIN context (generated) -->",
-                            "<!-- END context (generated) -->", render(d))
+    replace_generated_block(DOC, f"<!-- BEGIN {block} (generated) -->",
+                            f"<!-- END {block} (generated) -->", render(d))
+
+
+def _train_seconds(workdir: Path):
+    path = workdir / "train_time.json"
+    if not path.is_file():
+        return None
+    d = json.loads(path.read_text())
+    return d.get("total_seconds")
 
 
 def per_family(workdir: Path, split: str = "ambiguous_seen") -> tuple[dict[str, float], list[dict]]:
@@ -73,17 +101,22 @@ def per_family(workdir: Path, split: str = "ambiguous_seen") -> tuple[dict[str, 
     return {f: sum(v) / len(v) for f, v in sorted(by.items())}, recs
 
 
-def main(argv=None) -> int:
+def main(argv=None, devices=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--root", default="runs/context", help="workdirs <root>/<kind>")
+    p.add_argument("--model", choices=sorted(MODELS), default="nlu",
+                   help="nlu: the text NLU model; e2e: the spoken E2E SLU transducer")
+    p.add_argument("--root", default="", help="workdirs <root>/<kind> (default per --model)")
     p.add_argument("--variant-suffix", default="", help="'tiny' for a quick check of the program")
     p.add_argument("--set", dest="overrides", action="append", default=[])
-    p.add_argument("--out", default=str(ROOT / "results" / "context.json"))
+    p.add_argument("--out", default="", help="results JSON (default per --model)")
     p.add_argument("--no-doc", action="store_true", help="do not rewrite docs/context.md")
     p.add_argument("--render", action="store_true", help="only rewrite the docs table")
     args = p.parse_args(argv)
+    config_name, root, out_name, ordinary, block = MODELS[args.model]
+    args.root = args.root or root
+    args.out = args.out or str(ROOT / "results" / out_name)
     if args.render:
-        write_doc(json.loads(Path(args.out).read_text()))
+        write_doc(json.loads(Path(args.out).read_text()), block)
         print(DOC)
         return 0
 
@@ -99,33 +132,39 @@ def main(argv=None) -> int:
         variant = f"{args.variant_suffix}_{kind}" if args.variant_suffix else kind
         if args.variant_suffix and kind == "with_context":
             variant = args.variant_suffix
-        cfg = load_config(ROOT / "configs" / "context_nlu.py", variant, args.overrides)
+        cfg = load_config(ROOT / "configs" / config_name, variant, args.overrides)
         workdir = Path(args.root) / kind
-        result = train(cfg, workdir, progress=False)
+        result = train(cfg, workdir, progress=False, devices=devices)
         reports = evaluate_workdir(workdir)
         fam, recs = per_family(workdir)
-        baseline = majority_baseline([{"text": r["text"], "intent": r["intent_ref"]}
-                                      for r in recs])
+        baseline = majority_baseline([{"text": r.get("text", r.get("ref")),  # nlu / e2e records
+                                       "intent": r["intent_ref"]} for r in recs])
         n_seen = reports["ambiguous_seen"]["num_examples"]
-        n_amb, n_slurp = reports["ambiguous_test"]["num_examples"], reports["slurp_test"][
+        n_amb, n_slurp = reports["ambiguous_test"]["num_examples"], reports[ordinary][
             "num_examples"]
-        runs.append({"kind": kind, "variant": variant, "workdir": str(workdir),
-                     "step": int(result.state.step),
-                     "accuracy": reports["ambiguous_seen"]["intent_accuracy"],
-                     "accuracy_unseen_phrasing": reports["ambiguous_test"]["intent_accuracy"],
-                     "slurp_test_accuracy": reports["slurp_test"]["intent_accuracy"],
-                     "slurp_test_slot_f1": reports["slurp_test"].get("slot_f1"),
-                     "per_family": fam,
-                     "per_family_unseen_phrasing": per_family(workdir, "ambiguous_test")[0],
-                     "context_mode": cfg.task_options["context"]})
-        print(kind, {k: runs[-1][k] for k in ("accuracy", "slurp_test_accuracy")}, flush=True)
-    payload = {"experiment": "context_nlu", "config": "configs/context_nlu.py",
+        run = {"kind": kind, "variant": variant, "workdir": str(workdir),
+               "step": int(result.state.step),
+               "accuracy": reports["ambiguous_seen"]["intent_accuracy"],
+               "accuracy_unseen_phrasing": reports["ambiguous_test"]["intent_accuracy"],
+               "ordinary_accuracy": reports[ordinary]["intent_accuracy"],
+               "per_family": fam,
+               "per_family_unseen_phrasing": per_family(workdir, "ambiguous_test")[0],
+               "context_mode": cfg.task_options["context"]}
+        if args.model == "nlu":  # the keys of the first results file
+            run["slurp_test_accuracy"] = run["ordinary_accuracy"]
+            run["slurp_test_slot_f1"] = reports["slurp_test"].get("slot_f1")
+        else:
+            run["wer"] = {s: r.get("wer") for s, r in reports.items()}
+            run["train_time_s"] = _train_seconds(workdir)
+        runs.append(run)
+        print(kind, {k: run[k] for k in ("accuracy", "ordinary_accuracy")}, flush=True)
+    payload = {"experiment": Path(config_name).stem, "config": f"configs/{config_name}",
                "overrides": args.overrides, "runs": runs, "majority_baseline": baseline,
-               "num_ambiguous_seen": n_seen, "num_ambiguous_test": n_amb,
-               "num_slurp_test": n_slurp}
+               "ordinary_split": ordinary, "num_ambiguous_seen": n_seen,
+               "num_ambiguous_test": n_amb, "num_slurp_test": n_slurp}
     out = rec.write(args.out, payload)
     if not args.no_doc:
-        write_doc(json.loads(out.read_text()))
+        write_doc(json.loads(out.read_text()), block)
     print(out)
     return 0
 

@@ -205,10 +205,10 @@ def _check_limit(limit_per_split) -> int | None:
     return _int("limit_per_split", limit_per_split, 1)
 
 
-def corpus_dir(params: dict[str, Any], cache_dir: str = "") -> Path:
-    """<cache>/spoken_nlu-<12 hex digits of the parameters' hash>."""
+def corpus_dir(params: dict[str, Any], cache_dir: str = "", name: str = "spoken_nlu") -> Path:
+    """<cache>/<name>-<12 hex digits of the parameters' hash>."""
     key = json.dumps(params, sort_keys=True)
-    return paths.cache_dir(cache_dir) / f"spoken_nlu-{hashlib.sha1(key.encode()).hexdigest()[:12]}"
+    return paths.cache_dir(cache_dir) / f"{name}-{hashlib.sha1(key.encode()).hexdigest()[:12]}"
 
 
 def manifest_name(limit_per_split: int | None) -> str:
@@ -289,12 +289,14 @@ def _assign(n_sentences: int, speakers: Sequence[NluSpeaker], per_sentence: int,
 
 
 def utterance_plan(texts: dict[str, Sequence[dict[str, Any]]], speakers: Sequence[NluSpeaker],
-                   params: dict[str, Any]) -> list[tuple[str, dict[str, Any], NluSpeaker]]:
-    """(split, text record, speaker) of every utterance, in manifest order (module docstring)."""
+                   params: dict[str, Any], splits: Sequence[str] = SPLITS,
+                   ) -> list[tuple[str, dict[str, Any], NluSpeaker]]:
+    """(split, text record, speaker) of every utterance, in manifest order (module docstring).
+    "train" is spoken by training speakers, every other split of `splits` by test speakers."""
     train_spk = [s for s in speakers if s.side == "train"]
     test_spk = [s for s in speakers if s.side == "test"]
     plan = []
-    for si, split in enumerate(SPLITS):
+    for si, split in enumerate(splits):
         pool, per = ((train_spk, params["speakers_per_sentence"]) if split == "train"
                      else (test_spk, params["test_speakers_per_sentence"]))
         perm = np.random.default_rng([_STREAM, params["seed"], 2, si]).permutation(len(pool))
@@ -313,11 +315,16 @@ def build_spoken_nlu(out_dir: str | os.PathLike, *, num_train_speakers: int = 48
                      rt60_s: tuple[float, float] = DEFAULTS["rt60_s"],
                      drr_db: tuple[float, float] = DEFAULTS["drr_db"],
                      limit_per_split: int | None = None, verbose: bool = True,
-                     texts: dict[str, list[dict[str, Any]]] | None = None) -> Path:
+                     texts: dict[str, list[dict[str, Any]]] | None = None,
+                     splits: Sequence[str] = SPLITS, extra_meta: Sequence[str] = ()) -> Path:
     """Render the corpus into out_dir (module docstring); returns the manifest path.
 
     texts: {split: records with id, text, intent, entities, meta} instead of `slurp_nlu`'s
-    (tests); limit_per_split still applies. Re-running reuses every existing audio file.
+    (tests, or another corpus such as the spoken context benchmark); limit_per_split still
+    applies. splits: the splits of `texts`, in manifest order ("train" is spoken by the training
+    speakers, the others by the test speakers). extra_meta: keys of a record's meta copied into
+    its manifest line (so into the example's meta), e.g. "context". Re-running reuses every
+    existing audio file.
     """
     params = corpus_params(num_train_speakers=num_train_speakers,
                            num_test_speakers=num_test_speakers,
@@ -327,22 +334,25 @@ def build_spoken_nlu(out_dir: str | os.PathLike, *, num_train_speakers: int = 48
                            noise_beta=noise_beta, reverb_prob=reverb_prob, rt60_s=rt60_s,
                            drr_db=drr_db)
     limit = _check_limit(limit_per_split)
+    splits = tuple(splits)
     if texts is None:
+        if splits != SPLITS:
+            raise ValueError(f"spoken_nlu: splits={splits} needs the texts of those splits")
         texts = _texts(limit)
     else:
-        missing = [s for s in SPLITS if s not in texts]
+        missing = [s for s in splits if s not in texts]
         if missing:
             raise ValueError(f"spoken_nlu: texts lacks split(s) {missing}")
-        texts = {s: list(texts[s])[:limit] if limit else list(texts[s]) for s in SPLITS}
+        texts = {s: list(texts[s])[:limit] if limit else list(texts[s]) for s in splits}
     seen: set[str] = set()
-    for s in SPLITS:
+    for s in splits:
         for r in texts[s]:
             if r["id"] in seen:
                 raise ValueError(f"spoken_nlu: record id {r['id']!r} appears twice")
             seen.add(r["id"])
 
     out = Path(out_dir)
-    for s in SPLITS:
+    for s in splits:
         (out / "audio" / s).mkdir(parents=True, exist_ok=True)
     speakers = make_nlu_speakers(params["num_train_speakers"], params["num_test_speakers"],
                                  params["seed"])
@@ -350,7 +360,7 @@ def build_spoken_nlu(out_dir: str | os.PathLike, *, num_train_speakers: int = 48
         [dataclasses.asdict(s) for s in speakers], indent=1) + "\n")
     version = espeak_version()
 
-    plan = utterance_plan(texts, speakers, params)
+    plan = utterance_plan(texts, speakers, params, splits)
     lines, rendered, audio_s, t0 = [], 0, 0.0, time.perf_counter()
     for i, (split, r, spk) in enumerate(plan, 1):
         u = utterance_params(r["id"], r["text"], spk, params)
@@ -367,8 +377,9 @@ def build_spoken_nlu(out_dir: str | os.PathLike, *, num_train_speakers: int = 48
         action = meta.get("action")
         if action is None and scenario and r["intent"].startswith(f"{scenario}_"):
             action = r["intent"][len(scenario) + 1:]
+        extra = {k: meta[k] for k in extra_meta if k in meta}
         lines.append(json.dumps({
-            "id": uid, "path": rel, "text": r["text"], "intent": r["intent"],
+            **extra, "id": uid, "path": rel, "text": r["text"], "intent": r["intent"],
             "entities": r["entities"], "speaker": spk.id, "split": split,
             "accent": spk.accent, "gender": spk.gender, "lat": spk.lat, "lon": spk.lon,
             "voice": spk.voice, "variant": spk.variant, "rate": u["rate"], "pitch": u["pitch"],

@@ -10,7 +10,7 @@ the same size with "blind", the without-context baseline of the same architectur
 fuses it with the pooled text (jaxslu/nlu/models.py). configs/context_nlu.py and
 scripts/context_experiment.py run the comparison (docs/context.md).
 """
-from jaxslu.context import data, features  # noqa: F401  (registers the dataset)
+from jaxslu.context import data, features, spoken  # noqa: F401  (registers the datasets)
 from jaxslu.context.features import ContextError, ContextSchema, check_context
 
 __all__ = ["ContextError", "ContextSchema", "check_context", "data", "features"]

@@ -205,7 +205,8 @@ def decode_with_slu(model: Transducer, batch: Mapping[str, jax.Array] | jax.Arra
                     audio_lengths: jax.Array | None = None, *, method: str = "greedy",
                     max_symbols_per_frame: int = 3, beam_size: int = 4,
                     max_len: int | None = None,
-                    cohort: jax.Array | None = None) -> dict[str, jax.Array]:
+                    cohort: jax.Array | None = None,
+                    context: jax.Array | None = None) -> dict[str, jax.Array]:
     """Decode a batch and run the SLU heads on the hypotheses, for evaluation.
 
     `batch` is a batch dict (audio, audio_lengths) or the audio array [B, N] itself with
@@ -215,7 +216,8 @@ def decode_with_slu(model: Transducer, batch: Mapping[str, jax.Array] | jax.Arra
     the heads: intent [B] (argmax), intent_prob [B] (its softmax probability), intent_logits, and
     slot_tags [B, L] (argmax per hypothesis token, -1 past the hypothesis length). The encoder runs
     once and feeds decoding and both heads. `cohort` [B] (or the batch's "cohort"): the rows'
-    cohorts, for a model that reads them (model.num_cohorts > 0).
+    cohorts, for a model that reads them (model.num_cohorts > 0). `context` [B, C] (or the
+    batch's "context"): the requests' context vectors, for a model with a context input.
     """
     if method not in ("greedy", "beam"):
         raise ValueError(f"decode method {method!r}: use 'greedy' or 'beam'")
@@ -225,6 +227,7 @@ def decode_with_slu(model: Transducer, batch: Mapping[str, jax.Array] | jax.Arra
                              "array, not both")
         audio, audio_lengths = batch["audio"], batch["audio_lengths"]
         cohort = batch.get("cohort", cohort)
+        context = batch.get("context", context)
     else:
         if audio_lengths is None:
             raise ValueError("decode_with_slu(model, audio, audio_lengths): audio_lengths is "
@@ -241,7 +244,7 @@ def decode_with_slu(model: Transducer, batch: Mapping[str, jax.Array] | jax.Arra
         out["tokens"], out["lengths"], out["scores"] = beam_from_encoder(
             model, enc, enc_lengths, beam_size=beam_size, max_len=max_len)
     if getattr(model, "intent", None) is not None:
-        logits = model.intent_from_encoder(enc, enc_lengths)
+        logits = model.intent_from_encoder(enc, enc_lengths, context)
         out["intent_logits"] = logits
         out["intent"] = jnp.argmax(logits, axis=-1).astype(jnp.int32)
         out["intent_prob"] = jnp.max(jax.nn.softmax(logits.astype(jnp.float32), -1), -1)

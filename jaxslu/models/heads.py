@@ -10,6 +10,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from jaxslu.layers.core import Dense, length_mask
+from jaxslu.layers.fusion import ContextFusion
 
 _NEG = -1e30
 
@@ -19,19 +20,27 @@ class IntentHead(nnx.Module):
 
     Attention pooling (rather than mean pooling) lets the head pick the frames that carry the
     intent; frames at or beyond a row's length get zero weight, so padding never changes it.
+
+    With `context_dim` > 0 the pooled vector is fused with the request's context vector
+    (`ContextFusion`, jaxslu/layers/fusion.py) before the MLP, so the context can change which
+    intent the same audio means; the fusion's output layer starts at zero.
     """
 
-    def __init__(self, dim: int, num_intents: int, *, rngs: nnx.Rngs):
+    def __init__(self, dim: int, num_intents: int, *, context_dim: int = 0, rngs: nnx.Rngs):
         self.score_hidden = Dense(dim, dim, rngs=rngs, axes=("embed", "mlp"))
         self.score = Dense(dim, 1, rngs=rngs, axes=("mlp", None), use_bias=False)
         self.hidden = Dense(dim, dim, rngs=rngs, axes=("embed", "mlp"))
         self.out = Dense(dim, num_intents, rngs=rngs, axes=("mlp", None))
+        self.context = ContextFusion(dim, context_dim, rngs=rngs) if context_dim else None
 
-    def __call__(self, enc: jax.Array, lengths: jax.Array) -> jax.Array:
+    def __call__(self, enc: jax.Array, lengths: jax.Array,
+                 context: jax.Array | None = None) -> jax.Array:
         scores = self.score(jnp.tanh(self.score_hidden(enc)))[..., 0]  # [B, T]
         scores = jnp.where(length_mask(lengths, enc.shape[1]), scores, _NEG)
         weights = jax.nn.softmax(scores, axis=-1)
         pooled = jnp.einsum("bt,btd->bd", weights, enc)
+        if self.context is not None:
+            pooled = self.context(pooled, context)
         return self.out(jax.nn.gelu(self.hidden(pooled)))
 
 

@@ -188,7 +188,8 @@ class Transducer(nnx.Module):
     """
 
     def __init__(self, cfg: TransducerConfig, *, frontend_cfg: FrontendConfig, vocab_size: int,
-                 num_intents: int = 0, num_slot_tags: int = 0, rngs: nnx.Rngs):
+                 num_intents: int = 0, num_slot_tags: int = 0, context_dim: int = 0,
+                 rngs: nnx.Rngs):
         if vocab_size < 2:
             raise ValueError(f"vocab_size={vocab_size}: a transducer needs blank (0) plus at "
                              "least one token")
@@ -215,7 +216,11 @@ class Transducer(nnx.Module):
         self.joint_output = Dense(J, vocab_size, rngs=rngs, axes=("joint", "vocab"))
         self.ctc = (Dense(J, vocab_size, rngs=rngs, axes=("joint", "vocab")) if cfg.ctc_head
                     else None)
-        self.intent = IntentHead(J, num_intents, rngs=rngs) if cfg.intent_head else None
+        if context_dim and not cfg.intent_head:
+            raise ValueError(f"context_dim={context_dim}: the context feeds the intent head; set "
+                             "model.intent_head=True (or drop task_options.context)")
+        self.intent = (IntentHead(J, num_intents, context_dim=context_dim, rngs=rngs)
+                       if cfg.intent_head else None)
         self.slots = SlotHead(J, num_slot_tags, rngs=rngs) if cfg.slot_head else None
         self.cohort_embed = (Embed(cfg.num_cohorts, enc.dim, rngs=rngs, axes=(None, "embed"),
                                    stddev=0.0) if cfg.num_cohorts else None)
@@ -308,11 +313,13 @@ class Transducer(nnx.Module):
 
     # ---- SLU ---------------------------------------------------------------------------------
 
-    def intent_from_encoder(self, enc: jax.Array, lengths: jax.Array) -> jax.Array:
-        """Intent logits [B, num_intents] from the encoder output [B, T, J]."""
+    def intent_from_encoder(self, enc: jax.Array, lengths: jax.Array,
+                            context: jax.Array | None = None) -> jax.Array:
+        """Intent logits [B, num_intents] from the encoder output [B, T, J]; `context` [B, C]:
+        the requests' context vectors, for a model with a context input (task_options.context)."""
         if self.intent is None:
             raise ValueError("this model has no intent head (model.intent_head=False)")
-        return self.intent(enc, lengths)
+        return self.intent(enc, lengths, context)
 
     def slots_from_tokens(self, tokens: jax.Array, token_lengths: jax.Array, enc: jax.Array,
                           enc_lengths: jax.Array) -> jax.Array:
@@ -342,7 +349,7 @@ class Transducer(nnx.Module):
         if self.ctc is not None:
             out["ctc_logits"] = self.ctc(enc)
         if self.intent is not None:
-            out["intent_logits"] = self.intent(enc, enc_lengths)
+            out["intent_logits"] = self.intent(enc, enc_lengths, batch.get("context"))
         if self.slots is not None:
             out["slot_logits"] = self.slots(pred[:, 1:], enc, enc_lengths)
         return out

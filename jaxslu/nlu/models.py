@@ -14,8 +14,8 @@ discovery), `token_states` [B, L, D].
 
 Context input (`context_dim` > 0, from the task's context schema, jaxslu/context): the batch's
 `context` [B, C] is projected to D, and a residual two-layer fusion of the pooled text and the
-projected context, u' = u + W2 gelu(W1 [u; gelu(Wc c)]), replaces u for the intent and domain
-heads, so the context can change which intent a text means (not only shift a prior). The slot
+projected context, u' = u + W2 gelu(W1 [u; gelu(Wc c)]) (jaxslu/layers/fusion.py), replaces u
+for the intent and domain heads, so the context can change which intent a text means (not only shift a prior). The slot
 tagger reads the token states alone. `embedding` stays the text's pooled vector.
 """
 from __future__ import annotations
@@ -29,6 +29,7 @@ from flax import nnx
 
 from jaxslu.layers.attention import MultiHeadSelfAttention
 from jaxslu.layers.core import Dense, Embed, LayerNorm, activation, dropout, length_mask
+from jaxslu.layers.fusion import ContextFusion
 from jaxslu.registry import MODELS
 
 
@@ -153,11 +154,8 @@ class JointNLU(nnx.Module):
         self.slots = (Dense(d, num_slot_tags, rngs=rngs, axes=axes)
                       if cfg.slot_head and num_slot_tags > 1 else None)
         self.context_dim = int(context_dim)
-        if self.context_dim:
-            self.context_proj = Dense(self.context_dim, d, rngs=rngs, axes=(None, "embed"))
-            self.fuse_in = Dense(2 * d, d, rngs=rngs, axes=("embed", "mlp"))
-            self.fuse_out = Dense(d, d, rngs=rngs, axes=("mlp", "embed"),
-                                  kernel_init=nnx.initializers.zeros)
+        self.context = (ContextFusion(d, self.context_dim, rngs=rngs) if self.context_dim
+                        else None)
 
     def __call__(self, batch, *, train: bool = False, rngs=None) -> dict[str, jax.Array]:
         tokens, lengths = batch["tokens"], batch["token_lengths"]
@@ -166,13 +164,8 @@ class JointNLU(nnx.Module):
         out = {"token_states": states, "embedding": pooled}
         rate = self.cfg.head_dropout
         utterance = pooled
-        if self.context_dim:
-            if "context" not in batch:
-                raise ValueError(f"the model takes a context input ({self.context_dim} features) "
-                                 "but the batch has no 'context'; set task_options.context")
-            ctx = jax.nn.gelu(self.context_proj(batch["context"].astype(pooled.dtype)))
-            hidden = jax.nn.gelu(self.fuse_in(jnp.concatenate([pooled, ctx], axis=-1)))
-            utterance = pooled + self.fuse_out(hidden)
+        if self.context is not None:
+            utterance = self.context(pooled, batch.get("context"))
         if self.intent is not None:
             out["intent_logits"] = self.intent(dropout(utterance, rate, train=train, rngs=rngs))
         if self.domain is not None:

@@ -42,7 +42,7 @@ def _decode(model, batch, *, method, beam_size, max_symbols_per_frame):
 
     return decode_with_slu(model, batch["audio"], batch["audio_lengths"], method=method,
                            beam_size=beam_size, max_symbols_per_frame=max_symbols_per_frame,
-                           cohort=batch.get("cohort"))
+                           cohort=batch.get("cohort"), context=batch.get("context"))
 
 
 class TransducerDecoder:

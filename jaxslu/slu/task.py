@@ -25,13 +25,17 @@ class RunAssets:
 
     tokenizer: Any
     vocab: Vocabularies
+    context: Any = None  # jaxslu.context.ContextSchema when task_options.context is set
 
 
 def transducer_model_kwargs(cfg, vocab_size: int, num_intents: int = 0,
-                            num_slot_tags: int = 0) -> dict[str, Any]:
+                            num_slot_tags: int = 0, context_dim: int = 0) -> dict[str, Any]:
     """Constructor arguments of the transducer models (besides config and rngs)."""
-    return {"frontend_cfg": cfg.frontend, "vocab_size": vocab_size, "num_intents": num_intents,
-            "num_slot_tags": num_slot_tags}
+    out = {"frontend_cfg": cfg.frontend, "vocab_size": vocab_size, "num_intents": num_intents,
+           "num_slot_tags": num_slot_tags}
+    if context_dim:
+        out["context_dim"] = context_dim
+    return out
 
 
 def check_joint_activation(cfg) -> None:
@@ -107,16 +111,37 @@ class CohortOf:
 
 @TASKS.register("transducer_slu")
 class TransducerSLUTask(Task):
+    """Task options: `cohort_input` (CohortOf), `context` ("input": each example's
+    meta["context"] (jaxslu/context/features.py) is fed to the intent head as a vector; "blind":
+    zeros of the same size, the without-context baseline of the same model; "" (default): no
+    context input). The context vocabularies are read from the training split (context.json)."""
+
     default_evaluator = "transducer_slu"
-    asset_files = ("tokenizer.model", "labels.json")
+
+    def __init__(self, cfg):
+        super().__init__(cfg)
+        self.context_mode = self.options.get("context", "") or ""
+        if self.context_mode not in ("", "input", "blind"):
+            raise ValueError(f"task_options.context={self.context_mode!r}: use 'input' (the "
+                             "examples' meta['context']), 'blind' (zeros, same model) or ''")
+
+    @property
+    def asset_files(self) -> tuple[str, ...]:
+        extra = ("context.json",) if self.context_mode else ()
+        return ("tokenizer.model", "labels.json") + extra
 
     def load_assets(self, workdir: Path) -> RunAssets | None:
         from jaxslu.text.tokenizer import Tokenizer
 
-        tok, lab = workdir / "tokenizer.model", workdir / "labels.json"
-        if not (tok.exists() and lab.exists()):
+        if not all((workdir / f).exists() for f in self.asset_files):
             return None
-        return RunAssets(Tokenizer.load(tok), Vocabularies.load(lab))
+        context = None
+        if self.context_mode:
+            from jaxslu.context import ContextSchema
+
+            context = ContextSchema.load(workdir / "context.json")
+        return RunAssets(Tokenizer.load(workdir / "tokenizer.model"),
+                         Vocabularies.load(workdir / "labels.json"), context)
 
     def build_assets(self, source, scratch: Path) -> RunAssets:
         from jaxslu.text.tokenizer import Tokenizer
@@ -127,15 +152,29 @@ class TransducerSLUTask(Task):
         tok = self.cfg.tokenizer
         tokenizer = Tokenizer.train(texts, kind=tok.kind, vocab_size=tok.vocab_size,
                                     model_path=scratch / "tokenizer.model")
-        return RunAssets(tokenizer, Vocabularies.from_source(source))
+        context = None
+        if self.context_mode:
+            from jaxslu.context import ContextSchema
+
+            context = ContextSchema.from_contexts(
+                (source.metadata(i).get("meta") or {}).get("context") for i in range(len(source)))
+        return RunAssets(tokenizer, Vocabularies.from_source(source), context)
 
     def save_assets(self, assets: RunAssets, workdir: Path) -> None:
         assets.tokenizer.save(workdir / "tokenizer.model")
         assets.vocab.save(workdir / "labels.json")
+        if assets.context is not None:
+            assets.context.save(workdir / "context.json")
 
     def model_kwargs(self, assets: RunAssets) -> dict[str, Any]:
+        if bool(self.context_mode) != (assets.context is not None):
+            raise ValueError(f"task_options.context={self.context_mode!r} but the run's assets "
+                             f"{'lack' if self.context_mode else 'have'} a context schema "
+                             "(context.json); use a fresh workdir for a new setting")
+        self.context_dim = assets.context.dim if assets.context is not None else 0
         return transducer_model_kwargs(self.cfg, assets.tokenizer.vocab_size,
-                                       len(assets.vocab.intents), len(assets.vocab.tags))
+                                       len(assets.vocab.intents), len(assets.vocab.tags),
+                                       self.context_dim)
 
     @property
     def cohort_of(self) -> CohortOf | None:
@@ -157,18 +196,25 @@ class TransducerSLUTask(Task):
             frames = label_capacity_fn(self.cfg, model, names)
         prepare = AudioPreparer(source, assets.tokenizer, assets.vocab, self.cfg.data,
                                 self.cfg.frontend.sample_rate, frames, augment=train)
-        cohort_of = self.cohort_of
-        if cohort_of is None:
+        cohort_of, schema = self.cohort_of, assets.context
+        if cohort_of is None and schema is None:
             return prepare
+        blind = self.context_mode == "blind"
 
-        def with_cohort(index, rng=None):
+        def with_inputs(index, rng=None):
             row = prepare(index, rng)
             if isinstance(row, dict):
-                row["cohort"] = cohort_of(source.metadata(int(index)))
+                meta = source.metadata(int(index))
+                if cohort_of is not None:
+                    row["cohort"] = cohort_of(meta)
+                if schema is not None:
+                    vec = schema.encode((meta.get("meta") or {}).get("context"),
+                                        f"example {meta.get('id', index)!r} meta['context']")
+                    row["context"] = np.zeros_like(vec) if blind else vec
             return row
 
-        with_cohort.wants_rng = prepare.wants_rng
-        return with_cohort
+        with_inputs.wants_rng = prepare.wants_rng
+        return with_inputs
 
     def pad_values(self):
         from jaxslu.data.batch import BLANK_ID, IGNORE_TAG
@@ -181,4 +227,9 @@ class TransducerSLUTask(Task):
         if self.options.get("cohort_input"):
             out["cohort"] = np.full((batch_size,), -1, np.int32)
             out["cohort"][: len(rows)] = [int(r["cohort"]) for r in rows]
+        if self.context_mode:
+            dim = getattr(self, "context_dim", 0) or (len(rows[0]["context"]) if rows else 0)
+            out["context"] = np.zeros((batch_size, dim), np.float32)
+            for k, r in enumerate(rows):
+                out["context"][k] = r["context"]
         return out

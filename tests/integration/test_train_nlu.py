@@ -142,7 +142,7 @@ def test_context_input_trains_and_reaches_the_intent_head(tmp_path):
     from jaxslu.train.warm_start import flat_params
 
     flat = flat_params(result.state.params)
-    assert np.abs(np.asarray(flat["fuse_out/kernel"])).max() > 0
+    assert np.abs(np.asarray(flat["context/fuse_out/kernel"])).max() > 0
     reports = evaluate_workdir(tmp_path / "ctx")
     assert reports["ambiguous_test"]["num_examples"] == 7 * 2 * 4
     assert reports["ambiguous_seen"]["num_examples"] == 7 * 4 * 4

@@ -127,7 +127,7 @@ def test_model_fuses_the_context_into_intent_not_slots():
     # fuse_out starts at zero: at init the context changes nothing (the text model's output).
     np.testing.assert_allclose(model(batch)["intent_logits"], model(other)["intent_logits"],
                                atol=1e-6)
-    model.fuse_out.kernel[...] = jnp.asarray(rng.normal(size=(16, 16)), jnp.float32)
+    model.context.fuse_out.kernel[...] = jnp.asarray(rng.normal(size=(16, 16)), jnp.float32)
     a, b = model(batch), model(other)
     assert np.abs(np.asarray(a["intent_logits"] - b["intent_logits"])).max() > 1e-3
     assert np.abs(np.asarray(a["domain_logits"] - b["domain_logits"])).max() > 1e-3
@@ -135,7 +135,7 @@ def test_model_fuses_the_context_into_intent_not_slots():
     np.testing.assert_array_equal(a["embedding"], b["embedding"])
     with pytest.raises(ValueError, match="no 'context'"):
         model({k: v for k, v in batch.items() if k != "context"})
-    assert not hasattr(_model(0), "context_proj")
+    assert _model(0).context is None
 
 
 def _task(mode, tmp_path):
@@ -188,3 +188,64 @@ def test_task_refuses_a_bad_context_option_and_mismatched_assets(tmp_path):
     bad = type(source)("bad", "x", [dict(source.metadata(0), meta={"context": {"hour": 30}})])
     with pytest.raises(ContextError, match="example .* of .*hour"):
         task.prepare_fn(bad, assets, train=False)(0)
+
+
+def test_transducer_intent_head_reads_the_context_and_nothing_else_does():
+    """The E2E SLU transducer's context input: at init (fusion output zero) the context changes
+    nothing; once the fusion is nonzero it changes the intent logits and only them; decoding
+    passes the batch's context to the head; a model with a context input refuses a batch
+    without one."""
+    from jaxslu.config import FrontendConfig
+    from jaxslu.decoding import decode_with_slu
+    from jaxslu.models.transducer import (EncoderConfig, PredictorConfig, Transducer,
+                                          TransducerConfig)
+
+    cfg = TransducerConfig(encoder=EncoderConfig(kind="conformer", num_layers=1, dim=16, heads=2,
+                                                 conv_kernel=3, subsampling=4),
+                           predictor=PredictorConfig(embed_dim=8, hidden=16, layers=1),
+                           joint_dim=16, intent_head=True)
+    model = Transducer(cfg, frontend_cfg=FrontendConfig(num_mels=16), vocab_size=7,
+                       num_intents=5, context_dim=4, rngs=nnx.Rngs(0))
+    rng = np.random.default_rng(0)
+    batch = {"audio": jnp.asarray(rng.normal(size=(2, 4000)) * 0.1, jnp.float32),
+             "audio_lengths": jnp.asarray([4000, 3000], jnp.int32),
+             "tokens": jnp.asarray([[1, 2, 3], [4, 5, 0]], jnp.int32),
+             "token_lengths": jnp.asarray([3, 2], jnp.int32),
+             "context": jnp.zeros((2, 4), jnp.float32)}
+    other = dict(batch, context=jnp.asarray(rng.normal(size=(2, 4)), jnp.float32))
+    np.testing.assert_allclose(model(batch)["intent_logits"], model(other)["intent_logits"],
+                               atol=1e-6)
+    model.intent.context.fuse_out.kernel[...] = jnp.asarray(rng.normal(size=(16, 16)),
+                                                            jnp.float32)
+    a, b = model(batch), model(other)
+    assert np.abs(np.asarray(a["intent_logits"] - b["intent_logits"])).max() > 1e-3
+    np.testing.assert_array_equal(a["encoder"], b["encoder"])
+    d = decode_with_slu(model, other)
+    np.testing.assert_allclose(d["intent_logits"], b["intent_logits"], atol=1e-5)
+    with pytest.raises(ValueError, match="no 'context'"):
+        model({k: v for k, v in batch.items() if k != "context"})
+    with pytest.raises(ValueError, match="context has shape"):
+        model(dict(batch, context=jnp.zeros((2, 3), jnp.float32)))
+
+
+def test_spoken_context_texts_are_the_benchmark():
+    """The spoken benchmark's text: a closed intent set (every family reading), the ambiguous
+    examples' contexts give their intents by the family's rule, the held-out phrasings never
+    appear in training, and the construction is deterministic."""
+    from jaxslu.context.data import FAMILIES, TRAIN_PHRASES
+    from jaxslu.context.spoken import reading_intents, spoken_context_texts
+
+    texts = spoken_context_texts(per_phrase=10, test_per_phrase=2)
+    assert texts == spoken_context_texts(per_phrase=10, test_per_phrase=2)
+    intents = set(reading_intents())
+    rules = {f.name: f.rule for f in FAMILIES}
+    test_phrases = {p for f in FAMILIES for p in f.phrases[TRAIN_PHRASES:]}
+    for split, recs in texts.items():
+        assert recs and all(r["intent"] in intents for r in recs), split
+        for r in recs:
+            if r["meta"]["ambiguous"]:
+                assert rules[r["meta"]["family"]](r["meta"]["context"]) == r["intent"]
+    assert not {r["text"] for r in texts["train"]} & test_phrases
+    assert {r["text"] for r in texts["ambiguous_test"]} == test_phrases
+    assert sum(r["meta"]["ambiguous"] for r in texts["train"]) == 7 * TRAIN_PHRASES * 10
+    assert not any(r["meta"]["ambiguous"] for r in texts["ordinary_test"])
