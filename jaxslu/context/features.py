@@ -128,3 +128,22 @@ class ContextSchema:
         d = json.loads(Path(path).read_text())
         return cls(tuple(d["device_states"]), tuple(d["device_types"]),
                    tuple(d["recent_domains"]))
+
+
+CONTEXT_MODES = ("", "input", "blind")
+
+
+def context_mode(options) -> str:
+    """The task option `context`: "input" (the examples' meta["context"]), "blind" (zeros of the
+    same size, the without-context baseline of the same model) or "" (no context input)."""
+    mode = options.get("context", "") or ""
+    if mode not in CONTEXT_MODES:
+        raise ValueError(f"task_options.context={mode!r}: use 'input' (the examples' "
+                         "meta['context']), 'blind' (zeros, same model) or ''")
+    return mode
+
+
+def schema_of_source(source) -> ContextSchema:
+    """The context schema read from every example's meta["context"] of a (training) source."""
+    return ContextSchema.from_contexts(
+        (source.metadata(i).get("meta") or {}).get("context") for i in range(len(source)))

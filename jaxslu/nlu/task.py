@@ -119,10 +119,9 @@ class NluTask(Task):
         if unknown:
             raise ValueError(f"task_options {sorted(unknown)} unknown for the nlu task; it takes "
                              "max_tokens, oos_label, pretrained, context")
-        self.context_mode = self.options.get("context", "") or ""
-        if self.context_mode not in ("", "input", "blind"):
-            raise ValueError(f"task_options.context={self.context_mode!r}: use 'input' (the "
-                             "examples' meta['context']), 'blind' (zeros, same model) or ''")
+        from jaxslu.context.features import context_mode
+
+        self.context_mode = context_mode(self.options)
         self.context_dim = 0  # set from the assets (the context schema read from the data)
         self.max_tokens = int(self.options.get("max_tokens", 64))
         self.oos_label = self.options.get("oos_label", "oos")
@@ -168,10 +167,9 @@ class NluTask(Task):
             raise DataError(f"training split of {source!r} has no labelled intents")
         context = None
         if self.context_mode:
-            from jaxslu.context import ContextSchema
+            from jaxslu.context.features import schema_of_source
 
-            context = ContextSchema.from_contexts(
-                (source.metadata(i).get("meta") or {}).get("context") for i in range(len(source)))
+            context = schema_of_source(source)
             if context.dim == 3 and self.context_mode == "input":
                 log.warning("task_options.context='input' but no training example of %r has a "
                             "context with device states, types or recent domains", source)

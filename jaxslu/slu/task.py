@@ -120,10 +120,10 @@ class TransducerSLUTask(Task):
 
     def __init__(self, cfg):
         super().__init__(cfg)
-        self.context_mode = self.options.get("context", "") or ""
-        if self.context_mode not in ("", "input", "blind"):
-            raise ValueError(f"task_options.context={self.context_mode!r}: use 'input' (the "
-                             "examples' meta['context']), 'blind' (zeros, same model) or ''")
+        from jaxslu.context.features import context_mode
+
+        self.context_mode = context_mode(self.options)
+        self.context_dim = 0  # set from the assets (model_kwargs)
 
     @property
     def asset_files(self) -> tuple[str, ...]:
@@ -154,10 +154,9 @@ class TransducerSLUTask(Task):
                                     model_path=scratch / "tokenizer.model")
         context = None
         if self.context_mode:
-            from jaxslu.context import ContextSchema
+            from jaxslu.context.features import schema_of_source
 
-            context = ContextSchema.from_contexts(
-                (source.metadata(i).get("meta") or {}).get("context") for i in range(len(source)))
+            context = schema_of_source(source)
         return RunAssets(tokenizer, Vocabularies.from_source(source), context)
 
     def save_assets(self, assets: RunAssets, workdir: Path) -> None:
@@ -228,7 +227,7 @@ class TransducerSLUTask(Task):
             out["cohort"] = np.full((batch_size,), -1, np.int32)
             out["cohort"][: len(rows)] = [int(r["cohort"]) for r in rows]
         if self.context_mode:
-            dim = getattr(self, "context_dim", 0) or (len(rows[0]["context"]) if rows else 0)
+            dim = self.context_dim or (len(rows[0]["context"]) if rows else 0)
             out["context"] = np.zeros((batch_size, dim), np.float32)
             for k, r in enumerate(rows):
                 out["context"][k] = r["context"]
